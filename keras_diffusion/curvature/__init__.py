@@ -1,0 +1,1 @@
+"""Curvature: Jacobian/Hessian/Gauss-Newton/Fisher-vector products, spectra and solvers."""

@@ -1,0 +1,1 @@
+"""Keras layers and RNN cells: diffused activations, the diffused RNN, deep-transition cells."""

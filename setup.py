@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         "datasets": ["tensorflow-datasets", "scikit-learn"],
-        "tests": ["pytest", "pytest-xdist", "scikit-learn", "tensorflow-datasets"],
+        "tests": ["pytest", "pytest-xdist", "scikit-learn", "tensorflow-datasets", "jax"],
         "benchmarks": ["jax", "jaxlib"],
     },
 )

@@ -1,0 +1,315 @@
+"""Jacobian-vector (R operator) and vector-Jacobian (L operator) products.
+
+Pascanu (2014, thesis), Sec. 4.1.1 "L and R operators": ``R{f, theta, v} = J v`` is the
+directional derivative of ``f`` at ``theta`` along ``v`` (forward mode) and
+``L{f, theta, u} = J^T u`` is back-propagation of ``u`` (reverse mode). Every curvature
+product in :mod:`keras_diffusion.curvature.products` is built from these two.
+
+Two ways to compute ``J v`` are provided:
+
+* ``"forward"``: ``tf.autodiff.ForwardAccumulator`` (one extra forward pass).
+* ``"double_backward"``: the VJP of a VJP. ``g(u) = J^T u`` is linear in ``u``, so the
+  gradient of ``<g(u), v>`` with respect to ``u`` is ``J v``. It works through
+  ``tf.while_loop`` (Keras RNNs without ``unroll=True``, ``tf.scan``) where
+  ``ForwardAccumulator`` fails when traced into a graph.
+* ``"auto"`` tries ``"forward"`` and, on failure, retries ``"double_backward"``; a function
+  that failed once goes straight to ``"double_backward"`` afterwards (see :func:`auto_mode`).
+
+Half-precision (``mixed_float16`` / ``mixed_bfloat16``) outputs are cast to float32 and
+vectors are returned in the parameters' dtype. Use :func:`float32_policy` to make a
+mixed-precision model *compute* in float32 while the products run.
+"""
+
+import contextlib
+import weakref
+
+import keras
+import tensorflow as tf
+
+MODES = ("auto", "forward", "double_backward")
+
+# Functions whose forward-mode product failed once; "auto" skips forward mode for them.
+# Maps a function (or the instance of a bound method) to the set {None} (or the methods).
+_FORWARD_FAILED = weakref.WeakKeyDictionary()
+# What ForwardAccumulator raises on graphs it cannot differentiate (while loops): a
+# ValueError ("Tried to take gradients ... of a variable without handle data"), a
+# LookupError (no forward gradient registered) or NotImplementedError.
+_FORWARD_ERRORS = (ValueError, LookupError, NotImplementedError, TypeError)
+_HALF = (tf.float16, tf.bfloat16)
+
+
+def check_mode(mode):
+    """Returns ``mode`` if it is one of :data:`MODES`, else raises ``ValueError``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; received mode={mode!r}.")
+    return mode
+
+
+def _cache_slot(fn):
+    """``(owner, key)`` identifying ``fn``; bound methods are keyed by their instance."""
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and hasattr(fn, "__func__"):
+        return owner, fn.__func__
+    return fn, None
+
+
+def auto_mode(fn):
+    """The mode ``"auto"`` uses for ``fn``: ``"double_backward"`` once forward mode failed."""
+    owner, key = _cache_slot(fn)
+    try:
+        failed = key in _FORWARD_FAILED.get(owner, ())
+    except TypeError:  # not weak-referenceable or not hashable: nothing cached
+        failed = False
+    return "double_backward" if failed else "forward"
+
+
+def _remember_forward_failure(fn):
+    owner, key = _cache_slot(fn)
+    try:
+        _FORWARD_FAILED.setdefault(owner, set()).add(key)
+    except TypeError:  # not weak-referenceable or not hashable: nothing to cache
+        pass
+
+
+def run_with_mode(fn, mode, forward_impl, backward_impl):
+    """Runs ``forward_impl()`` or ``backward_impl()`` according to ``mode`` for ``fn``.
+
+    In ``"auto"`` mode a failing forward product (eagerly or while tracing a
+    ``tf.function``) is retried with ``backward_impl`` and the decision is cached for ``fn``.
+    """
+    check_mode(mode)
+    if mode == "forward":
+        return forward_impl()
+    if mode == "double_backward" or auto_mode(fn) == "double_backward":
+        return backward_impl()
+    try:
+        return forward_impl()
+    except _FORWARD_ERRORS as forward_error:
+        try:
+            result = backward_impl()
+        except Exception as backward_error:
+            raise backward_error from forward_error
+        _remember_forward_failure(fn)
+        return result
+
+
+def as_list(tensors, name):
+    """``tensors`` (a tensor/variable or a list/tuple of them) as a list of tensors."""
+    if isinstance(tensors, (list, tuple)):
+        items = list(tensors)
+    else:
+        items = [tensors]
+    return [_value(t, name, i) for i, t in enumerate(items)]
+
+
+def _value(t, name, i):
+    if isinstance(t, keras.Variable):
+        return t.value
+    if isinstance(t, tf.Variable):
+        return tf.convert_to_tensor(t)
+    try:
+        return tf.convert_to_tensor(t)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}[{i}] must be a tensor; received {t!r}.") from e
+
+
+def check_vectors(params, vectors, name="vectors"):
+    """Validates ``vectors`` against ``params`` and casts them to the params' dtypes.
+
+    Raises:
+        ValueError: naming the first length or shape mismatch.
+    """
+    if len(vectors) != len(params):
+        raise ValueError(
+            f"{name} must hold one tensor per parameter: received {len(vectors)} {name} "
+            f"for {len(params)} params."
+        )
+    out = []
+    for i, (p, v) in enumerate(zip(params, vectors)):
+        if not p.shape.is_compatible_with(v.shape):
+            raise ValueError(
+                f"{name}[{i}] has shape {v.shape} but params[{i}] has shape {p.shape}; "
+                f"pass {name} shaped like params."
+            )
+        out.append(tf.cast(v, p.dtype))
+    return out
+
+
+def to_float32(x):
+    """Casts a half-precision tensor to float32; other tensors are returned unchanged."""
+    return tf.cast(x, tf.float32) if x.dtype in _HALF else x
+
+
+class Linearization:
+    """Outputs of ``fn`` at ``params``, ``J v`` and the VJP ``u -> J^T u`` of that evaluation.
+
+    Built by :func:`linearize`. ``vjp`` reuses the recorded forward pass, so a Gauss-Newton
+    product costs one forward-with-JVP pass plus one backward pass.
+    """
+
+    def __init__(self, outputs, jvp_out, tape, params):
+        self.outputs = outputs
+        self.jvp = jvp_out
+        self._tape = tape
+        self._params = params
+
+    def vjp(self, cotangents):
+        """``J^T cotangents`` as a list matching ``params`` (in the params' dtypes)."""
+        flat_out = tf.nest.flatten(self.outputs)
+        flat_cot = tf.nest.flatten(cotangents)
+        flat_cot = [tf.cast(c, o.dtype) for c, o in zip(flat_cot, flat_out)]
+        grads = self._tape.gradient(
+            flat_out,
+            self._params,
+            output_gradients=flat_cot,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        return [tf.cast(g, p.dtype) for g, p in zip(grads, self._params)]
+
+
+def _linearize_forward(fn, params, tangents):
+    tape = tf.GradientTape(persistent=True)
+    with tape:
+        tape.watch(params)
+        with tf.autodiff.ForwardAccumulator(params, tangents) as acc:
+            outputs = fn(params)
+        jv = tf.nest.map_structure(
+            lambda o: acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+            outputs,
+        )
+    return Linearization(outputs, jv, tape, params)
+
+
+def _linearize_double_backward(fn, params, tangents):
+    tape = tf.GradientTape(persistent=True)
+    with tape:
+        tape.watch(params)
+        outputs = fn(params)
+    flat_out = tf.nest.flatten(outputs)
+    with tf.GradientTape() as outer:
+        dummies = [tf.zeros_like(o) for o in flat_out]
+        outer.watch(dummies)
+        vjp = tape.gradient(
+            flat_out,
+            params,
+            output_gradients=dummies,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+    jv = outer.gradient(
+        vjp,
+        dummies,
+        output_gradients=tangents,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+    return Linearization(outputs, tf.nest.pack_sequence_as(outputs, jv), tape, params)
+
+
+def linearize(fn, params, tangents, mode="auto"):
+    """Evaluates ``fn(params)`` with its JVP along ``tangents`` and keeps the VJP.
+
+    Args:
+        fn: callable taking the list ``params`` and returning a tensor or a nest of tensors.
+        params: list of tensors.
+        tangents: list of tensors shaped like ``params``.
+        mode: ``"auto"``, ``"forward"`` or ``"double_backward"`` (module docstring).
+
+    Returns:
+        A :class:`Linearization` with ``outputs``, ``jvp`` (structured like the outputs)
+        and ``vjp(cotangents)``.
+    """
+    params = as_list(params, "params")
+    tangents = check_vectors(params, as_list(tangents, "tangents"), "tangents")
+    return run_with_mode(
+        fn,
+        mode,
+        lambda: _linearize_forward(fn, params, tangents),
+        lambda: _linearize_double_backward(fn, params, tangents),
+    )
+
+
+def jvp(fn, params, tangents, mode="auto"):
+    """Jacobian-vector product ``J v`` (Pascanu 2014, Sec. 4.1.1, the R operator).
+
+    Args:
+        fn: callable ``fn(params) -> tensor or nest``, e.g.
+            ``lambda p: model.stateless_call(p, non_trainable, x)[0]``.
+        params: list of tensors (Keras variables are read through ``.value``).
+        tangents: list of tensors shaped like ``params``.
+        mode: ``"auto"`` (forward mode, double-backward where forward mode fails),
+            ``"forward"`` or ``"double_backward"``.
+
+    Returns:
+        ``(outputs, jvp_out)`` where ``jvp_out`` has the structure of ``outputs``
+        (half-precision results are cast to float32).
+
+    Example:
+    >>> w = tf.constant([[1.0, 2.0]])
+    >>> out, jv = jvp(lambda p: tf.reduce_sum(p[0] ** 2), [w], [tf.ones_like(w)])
+    >>> float(jv)
+    6.0
+    """
+    lin = linearize(fn, params, tangents, mode)
+    return tf.nest.map_structure(to_float32, (lin.outputs, lin.jvp))
+
+
+def vjp(fn, params, cotangents):
+    """Vector-Jacobian product ``J^T u`` (Pascanu 2014, Sec. 4.1.1, the L operator).
+
+    Args:
+        fn: callable ``fn(params) -> tensor or nest``.
+        params: list of tensors.
+        cotangents: tensor or nest structured like ``fn(params)``.
+
+    Returns:
+        List of tensors matching ``params``.
+
+    Example:
+    >>> w = tf.constant([1.0, 2.0])
+    >>> vjp(lambda p: p[0] * 3.0, [w], tf.ones(2))[0].numpy()
+    array([3., 3.], dtype=float32)
+    """
+    params = as_list(params, "params")
+    tape = tf.GradientTape()
+    with tape:
+        tape.watch(params)
+        outputs = fn(params)
+    try:
+        tf.nest.assert_same_structure(outputs, cotangents)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            "cotangents must have the structure of fn(params); "
+            f"received {tf.nest.map_structure(lambda t: t.shape, cotangents)} for outputs "
+            f"{tf.nest.map_structure(lambda t: t.shape, outputs)}."
+        ) from e
+    flat_cot = [tf.convert_to_tensor(c) for c in tf.nest.flatten(cotangents)]
+    for i, (o, c) in enumerate(zip(tf.nest.flatten(outputs), flat_cot)):
+        if not o.shape.is_compatible_with(c.shape):
+            raise ValueError(
+                f"cotangents entry {i} has shape {c.shape} but the output has shape {o.shape}."
+            )
+    return Linearization(outputs, None, tape, params).vjp(cotangents)
+
+
+@contextlib.contextmanager
+def float32_policy(*models):
+    """Temporarily makes every layer of ``models`` compute in float32.
+
+    Mixed-precision policies (``mixed_float16``, ``mixed_bfloat16``) keep float32
+    variables but compute in half precision; curvature products of such a model then carry
+    half-precision rounding. Inside this context the layers compute in float32, so the
+    products match those of the float32 model to float32 accuracy.
+
+    Example:
+    >>> with float32_policy(model):
+    ...     hv = ggn_vp(outputs_fn, loss_fn, params, v)
+    """
+    saved = []
+    for model in models:
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            saved.append((layer, layer.dtype_policy))
+            layer.dtype_policy = keras.DTypePolicy(layer.variable_dtype)
+    try:
+        yield
+    finally:
+        for layer, policy in reversed(saved):
+            layer.dtype_policy = policy

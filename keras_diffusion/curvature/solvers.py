@@ -1,0 +1,353 @@
+"""Krylov solvers for curvature systems: Martens' truncated CG and Paige-Saunders MINRES.
+
+Both solve ``(A + damping I) x = b`` where ``A`` is a symmetric operator given as a callable
+``matvec(vectors) -> vectors`` on lists of tensors (e.g. ``lambda v: ggn_vp(..., v)``). All
+reductions go through ``dot`` (default: `linear_operator.dot`), so a distributed caller can
+pass an all-reduced inner product. Both run in-graph (``tf.while_loop`` with fixed-shape loop
+variables) and compile with ``tf.function(jit_compile=True)``.
+
+References:
+    Martens (2010), "Deep learning via Hessian-free optimization", ICML, sec. 4.3 (damping),
+    4.4 (CG stopping rule), 4.5 (warm start), 4.6 (CG iterate backtracking).
+    Pascanu (2014), PhD thesis, sec. 4.1 (truncated Newton and Hessian-free optimization).
+    Paige & Saunders (1975), "Solution of sparse indefinite systems of linear equations",
+    SIAM J. Numer. Anal. 12(4) (MINRES).
+"""
+
+import collections
+import math
+
+import tensorflow as tf
+
+from keras_diffusion.curvature import linear_operator as lo
+
+# Stop reasons (the ``stop_reason`` field of the results; names in `STOP_REASONS`).
+MAX_ITERATIONS = 0
+RELATIVE_PROGRESS = 1
+NEGATIVE_CURVATURE = 2
+RESIDUAL_TOLERANCE = 3
+STOP_REASONS = ("max_iterations", "relative_progress", "negative_curvature", "residual_tolerance")
+_RUNNING = -1
+
+CGResult = collections.namedtuple(
+    "CGResult",
+    [
+        "x",  # final iterate, list of tensors shaped like b
+        "iterates",  # per block: [max_saved, *block_shape]; rows >= num_saved are zero
+        "iterations",  # int32 [max_saved]: CG iteration of each saved iterate, -1 padding
+        "phi",  # [max_saved]: phi(x) = 0.5 x^T A x - b^T x of each saved iterate
+        "num_saved",  # int32 scalar: number of valid saved iterates (last one is `x`)
+        "num_iterations",  # int32 scalar: CG steps taken
+        "residual_norm",  # ||b - A x|| (recursively updated residual)
+        "stop_reason",  # int32 scalar, index into STOP_REASONS
+    ],
+)
+
+MinresResult = collections.namedtuple(
+    "MinresResult", ["x", "num_iterations", "residual_norm", "stop_reason"]
+)
+
+
+def cg_save_schedule(max_iterations, gamma=1.3):
+    """Iterations at which `conjugate_gradient` saves iterates: sorted unique ``ceil(gamma^j)``.
+
+    Martens (2010), sec. 4.6: CG iterates are stored at iterations ``ceil(gamma^j)``,
+    ``j = 0, 1, ...`` (``gamma = 1.3``), for backtracking. Only iterations
+    ``<= max_iterations`` are kept.
+
+    Example:
+        >>> cg_save_schedule(20)
+        (1, 2, 3, 4, 5, 7, 9, 11, 14, 18)
+    """
+    lo.check_positive_int("max_iterations", max_iterations)
+    if not gamma > 1.0:
+        raise ValueError(f"`gamma` must be > 1 for a growing save schedule, got {gamma}.")
+    schedule, j = set(), 0
+    while True:
+        it = math.ceil(gamma**j)
+        if it > max_iterations:
+            return tuple(sorted(schedule))
+        schedule.add(it)
+        j += 1
+
+
+def diagonal_preconditioner(diagonal):
+    """Returns ``v -> v / diagonal`` blockwise: a Jacobi preconditioner ``M^-1``.
+
+    Martens (2010), sec. 4.7 uses ``diag(sum_i grad_i^2 + lambda)^0.75`` as ``M``.
+
+    Args:
+        diagonal: list of positive tensors shaped like the solution.
+    """
+    diagonal = lo.as_vector(diagonal, "diagonal")
+    return lambda v: [x / d for x, d in zip(v, diagonal)]
+
+
+def conjugate_gradient(
+    matvec,
+    b,
+    x0=None,
+    *,
+    preconditioner=None,
+    damping=0.0,
+    max_iterations=250,
+    tol=1e-6,
+    epsilon=5e-4,
+    min_progress_window=10,
+    progress_window_fraction=0.1,
+    gamma=1.3,
+    save_iterates=True,
+    dot=lo.dot,
+):
+    """Preconditioned conjugate gradient for ``(A + damping I) x = b``, Martens style.
+
+    Minimizes ``phi(x) = 0.5 x^T (A + damping I) x - b^T x`` starting from ``x0``
+    (Martens 2010, sec. 4.5 warm-starts from the previous step's solution). Iteration ``i``
+    (counting CG steps) stops when any of:
+
+    * residual: ``||b - A x_i|| <= tol * ||b||`` (``tol=0`` disables it);
+    * relative progress (Martens 2010, sec. 4.4): ``i > k``, ``phi(x_i) < 0`` and
+      ``(phi(x_i) - phi(x_{i-k})) / phi(x_i) < k * epsilon`` with
+      ``k = max(min_progress_window, ceil(progress_window_fraction * i))``
+      (``max(10, 0.1 i)``, ``epsilon = 5e-4``; ``epsilon=0`` disables it);
+    * negative curvature: ``p^T A p <= 0`` for the next search direction ``p``; the step is
+      not taken and ``x`` is the last iterate;
+    * ``max_iterations`` steps.
+
+    With ``save_iterates`` the iterates at iterations `cg_save_schedule` (``ceil(gamma^j)``,
+    Martens 2010 sec. 4.6) and the final iterate are stored, in order, for backtracking.
+
+    Args:
+        matvec: callable mapping a list of tensors to ``A`` times it (symmetric ``A``).
+        b: list of tensors, the right-hand side (e.g. the negative gradient).
+        x0: optional initial guess shaped like ``b``; default zeros.
+        preconditioner: optional callable applying ``M^-1`` (symmetric positive definite)
+            to a list of tensors, e.g. `diagonal_preconditioner`.
+        damping: scalar Tikhonov damping added to ``A`` (Martens 2010, sec. 4.3).
+        max_iterations: positive int, maximum number of CG steps.
+        tol: relative residual tolerance (>= 0).
+        epsilon: Martens' relative-progress tolerance (>= 0).
+        min_progress_window, progress_window_fraction: the window ``k`` above.
+        gamma: ratio of the geometric save schedule (> 1).
+        save_iterates: whether to store the scheduled iterates (memory: about
+            ``log(max_iterations) / log(gamma)`` copies of ``b``).
+        dot: inner product of two lists of tensors (all-reduce it for distributed use).
+
+    Returns:
+        A `CGResult`. ``iterates``/``iterations``/``phi`` have a static leading size
+        ``len(cg_save_schedule(max_iterations, gamma)) + 1`` (1 without ``save_iterates``,
+        holding only the final iterate); only the first ``num_saved`` rows are valid.
+
+    Example:
+
+    ```python
+    result = conjugate_gradient(lambda v: ggn_vp(loss_fn, params, v), neg_grad,
+                                x0=previous_step, damping=lam, max_iterations=100)
+    step, candidates = result.x, result.iterates
+    ```
+    """
+    lo.check_positive_int("max_iterations", max_iterations)
+    lo.check_positive_int("min_progress_window", min_progress_window)
+    for name, value in (("tol", tol), ("epsilon", epsilon)):
+        if not value >= 0:
+            raise ValueError(f"`{name}` must be >= 0 (0 disables the test), got {value}.")
+    b = lo.as_vector(b, "b")
+    dtype = b[0].dtype
+    operator = _damped(matvec, damping, dtype)
+    precondition = preconditioner or (lambda v: v)
+    schedule = cg_save_schedule(max_iterations, gamma) if save_iterates else ()
+    num_slots = len(schedule) + 1
+    is_scheduled = tf.constant([i in schedule for i in range(max_iterations + 1)])
+
+    if x0 is None:
+        x, r = lo.zeros_like(b), b
+    else:
+        x = lo.as_vector(x0, "x0")
+        lo.check_same_structure(b, x, "b", "x0")
+        r = lo.axpy(-1.0, list(operator(x)), b)
+    b_norm = lo.norm(b, dot)
+    z = list(precondition(r))
+    rz = dot(r, z)
+    phi0 = _phi(x, r, b, dot)
+    # Stored iterates get one extra trash row: unscheduled writes go there (no tf.cond).
+    stored = [tf.zeros([num_slots + 1] + x_.shape.as_list(), dtype) for x_ in x]
+    iterations = tf.fill([num_slots + 1], -1)
+    phis = tf.zeros([num_slots + 1], dtype)
+    history = tf.tensor_scatter_nd_update(tf.zeros([max_iterations + 1], dtype), [[0]], [phi0])
+    reason = tf.where(lo.norm(r, dot) <= tol * b_norm, RESIDUAL_TOLERANCE, _RUNNING)
+    state = (tf.constant(0), x, r, z, z, rz, history, stored, iterations, phis,
+             tf.constant(0), reason)
+
+    def step(i, x, r, z, p, rz, history, stored, iterations, phis, num_saved, reason):
+        ap = list(operator(p))
+        pap = dot(p, ap)
+        # Negative curvature: take no step (alpha = 0) and stop. Selecting instead of a
+        # tf.cond keeps every `dot` (possibly a cross-replica reduction) unconditional.
+        curved = pap > 0
+        alpha = tf.where(curved, rz / tf.where(curved, pap, 1.0), 0.0)
+        x = lo.axpy(alpha, p, x)
+        r = lo.axpy(-alpha, ap, r)
+        z = list(precondition(r))
+        rz_new = dot(r, z)
+        p = lo.axpy(rz_new / rz, p, z)
+        i = i + tf.cast(curved, tf.int32)
+        phi = _phi(x, r, b, dot)
+        history = tf.tensor_scatter_nd_update(history, [[i]], [phi])
+        save = curved & is_scheduled[i]
+        stored, iterations, phis = _store(
+            stored, iterations, phis, tf.where(save, num_saved, num_slots), x, i, phi
+        )
+        window = tf.maximum(
+            min_progress_window,
+            tf.cast(tf.math.ceil(progress_window_fraction * tf.cast(i, tf.float64)), tf.int32),
+        )
+        phi_old = history[tf.maximum(i - window, 0)]
+        progress = (phi - phi_old) / phi
+        stalled = (i > window) & (phi < 0) & (progress < tf.cast(window, dtype) * epsilon)
+        reason = tf.where(
+            ~curved,
+            NEGATIVE_CURVATURE,
+            tf.where(
+                lo.norm(r, dot) <= tol * b_norm,
+                RESIDUAL_TOLERANCE,
+                tf.where(
+                    stalled,
+                    RELATIVE_PROGRESS,
+                    tf.where(i >= max_iterations, MAX_ITERATIONS, _RUNNING),
+                ),
+            ),
+        )
+        num_saved = num_saved + tf.cast(save, tf.int32)
+        return (i, x, r, z, p, rz_new, history, stored, iterations, phis, num_saved, reason)
+
+    (i, x, r, _, _, _, history, stored, iterations, phis, num_saved, reason) = tf.while_loop(
+        lambda *s: s[-1] == _RUNNING, step, state
+    )
+    # The final iterate is always the last saved one.
+    final_saved = is_scheduled[i]
+    row = tf.where(final_saved, num_slots, num_saved)
+    stored, iterations, phis = _store(stored, iterations, phis, row, x, i, history[i])
+    num_saved = num_saved + 1 - tf.cast(final_saved, tf.int32)
+    return CGResult(
+        x=x,
+        iterates=[s[:num_slots] for s in stored],
+        iterations=iterations[:num_slots],
+        phi=phis[:num_slots],
+        num_saved=num_saved,
+        num_iterations=i,
+        residual_norm=lo.norm(r, dot),
+        stop_reason=reason,
+    )
+
+
+def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iterations=250,
+           tol=1e-6, dot=lo.dot):
+    """MINRES (Paige & Saunders 1975) for symmetric, possibly indefinite ``(A + damping I)``.
+
+    Minimizes ``||b - A x||`` over the Krylov space, so it handles the indefinite Hessians of
+    saddle-free Newton work where CG breaks down. Follows the recurrences of scipy's
+    ``scipy.sparse.linalg.minres``; stops when the recursively estimated residual norm
+    (measured in the ``M^-1`` norm when preconditioned) is ``<= tol * ||b||`` (same norm),
+    or after ``max_iterations``.
+
+    Args:
+        matvec: callable mapping a list of tensors to ``A`` times it (symmetric ``A``).
+        b: list of tensors, the right-hand side.
+        x0: optional initial guess shaped like ``b``; default zeros.
+        preconditioner: optional callable applying a symmetric positive definite ``M^-1``.
+        damping: scalar added to the diagonal of ``A``.
+        max_iterations: positive int.
+        tol: relative residual tolerance (>= 0).
+        dot: inner product of two lists of tensors (all-reduce it for distributed use).
+
+    Returns:
+        A `MinresResult` ``(x, num_iterations, residual_norm, stop_reason)``;
+        ``stop_reason`` is `RESIDUAL_TOLERANCE` or `MAX_ITERATIONS`.
+
+    Example:
+
+    ```python
+    result = minres(lambda v: hvp(loss_fn, params, v), neg_grad, max_iterations=50)
+    ```
+    """
+    lo.check_positive_int("max_iterations", max_iterations)
+    if not tol >= 0:
+        raise ValueError(f"`tol` must be >= 0, got {tol}.")
+    b = lo.as_vector(b, "b")
+    dtype = b[0].dtype
+    operator = _damped(matvec, damping, dtype)
+    precondition = preconditioner or (lambda v: v)
+    if x0 is None:
+        x, r1 = lo.zeros_like(b), b
+    else:
+        x = lo.as_vector(x0, "x0")
+        lo.check_same_structure(b, x, "b", "x0")
+        r1 = lo.axpy(-1.0, list(operator(x)), b)
+    y = list(precondition(r1))
+    beta1 = tf.sqrt(tf.maximum(dot(r1, y), 0.0))
+    mb = list(precondition(b))
+    target = tol * tf.sqrt(tf.maximum(dot(b, mb), 0.0))
+    zero = tf.zeros([], dtype)
+    tiny = tf.constant(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).tiny, dtype)
+    reason = tf.where(beta1 <= target, RESIDUAL_TOLERANCE, _RUNNING)
+    w = lo.zeros_like(b)
+    # Loop state: itn, x, r1, r2, y, w, w2, beta, oldb, dbar, epsln, phibar, cs, sn, reason.
+    state = (tf.constant(0), x, r1, r1, y, w, w, beta1, zero, zero, zero, beta1,
+             -tf.ones([], dtype), zero, reason)
+
+    def step(itn, x, r1, r2, y, w, w2, beta, oldb, dbar, epsln, phibar, cs, sn, reason):
+        # Lanczos step.
+        v = lo.scale(1.0 / beta, y)
+        y = list(operator(v))
+        y = lo.axpy(-tf.math.divide_no_nan(beta, oldb), r1, y)
+        alfa = dot(v, y)
+        y = lo.axpy(-alfa / beta, r2, y)
+        r1, r2 = r2, y
+        y = list(precondition(r2))
+        oldb, beta = beta, tf.sqrt(tf.maximum(dot(r2, y), 0.0))
+        # QR of the tridiagonal matrix by Givens rotations.
+        oldeps = epsln
+        delta = cs * dbar + sn * alfa
+        gbar = sn * dbar - cs * alfa
+        epsln = sn * beta
+        dbar = -cs * beta
+        gamma = tf.maximum(tf.sqrt(gbar**2 + beta**2), tiny)
+        cs, sn = gbar / gamma, beta / gamma
+        phi = cs * phibar
+        phibar = sn * phibar
+        w1, w2 = w2, w
+        w = lo.scale(1.0 / gamma, lo.axpy(-delta, w2, lo.axpy(-oldeps, w1, v)))
+        x = lo.axpy(phi, w, x)
+        itn = itn + 1
+        reason = tf.where(
+            phibar <= target,
+            RESIDUAL_TOLERANCE,
+            tf.where(itn >= max_iterations, MAX_ITERATIONS, _RUNNING),
+        )
+        return (itn, x, r1, r2, y, w, w2, beta, oldb, dbar, epsln, phibar, cs, sn, reason)
+
+    out = tf.while_loop(lambda *s: s[-1] == _RUNNING, step, state)
+    return MinresResult(x=out[1], num_iterations=out[0], residual_norm=out[11],
+                        stop_reason=out[-1])
+
+
+def _phi(x, r, b, dot):
+    """phi(x) = 0.5 x^T A x - b^T x with A x = b - r, i.e. -0.5 x^T (b + r)."""
+    return -0.5 * dot(x, lo.axpy(1.0, b, r))
+
+
+def _store(stored, iterations, phis, row, x, i, phi):
+    """Writes iterate ``x`` (iteration ``i``, value ``phi``) into row ``row`` of the stores."""
+    index = [[row]]
+    return (
+        [tf.tensor_scatter_nd_update(s, index, x_[None]) for s, x_ in zip(stored, x)],
+        tf.tensor_scatter_nd_update(iterations, index, [i]),
+        tf.tensor_scatter_nd_update(phis, index, [phi]),
+    )
+
+
+def _damped(matvec, damping, dtype):
+    if isinstance(damping, (int, float)) and damping == 0:
+        return matvec
+    damping = tf.cast(tf.convert_to_tensor(damping, dtype_hint=dtype), dtype)
+    return lambda v: lo.axpy(damping, v, list(matvec(v)))

@@ -1,0 +1,86 @@
+"""A layer applying the Gaussian-diffused form of an activation (Mobahi 2016, sec. 3, Table 1).
+
+The diffused activation is ``h~_sigma = h * k_sigma``, the convolution of ``h`` with the
+Gaussian kernel of standard deviation ``sigma``: the expected value ``E[h(x + sigma z)]``,
+``z ~ N(0, 1)``. The closed forms live in :mod:`keras_diffusion.activations`; this layer reads
+``sigma`` from the model's shared :class:`keras_diffusion.Bandwidth`, so a continuation
+schedule moves every diffused layer of a model at once.
+"""
+
+import keras
+
+from keras_diffusion import activations as activations_lib
+from keras_diffusion import bandwidth as bandwidth_lib
+
+
+def check_activation(name):
+    """Returns ``name`` after checking that ``keras_diffusion.activations`` knows it."""
+    known = tuple(activations_lib.names())
+    if name not in known:
+        raise ValueError(f"Unknown diffused activation {name!r}; known activations: {known}.")
+    return name
+
+
+def check_slope(slope):
+    """Returns ``slope`` as a float after checking that it is finite and > 0."""
+    try:
+        value = float(slope)
+    except (TypeError, ValueError):
+        raise TypeError(f"slope must be a positive number, got {slope!r}.") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"slope must be finite and > 0 (h(x) = g(slope * x)), got {slope!r}.")
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class DiffusedActivation(keras.layers.Layer):
+    """Applies ``h~_sigma(x) = E[h(x + sigma z)]``, the diffused activation of Mobahi 2016.
+
+    Mobahi 2016, sec. 3 (Table 1) and sec. 6, eq. (11) for ``erf(a x)``. At ``sigma = 0`` the
+    layer is the plain activation ``h``.
+
+    Args:
+        activation: name of the activation, one of ``keras_diffusion.activations.names()``
+            (``"linear"``, ``"relu"``, ``"erf"``, ``"sign"``, ``"tanh"``, ``"sigmoid"``).
+        bandwidth: a shared :class:`keras_diffusion.Bandwidth` (pass the same object to every
+            diffused layer of a model), a number (a private bandwidth starting there) or
+            ``None`` (a private bandwidth starting at 1.0).
+        slope: ``a`` in ``h(x) = g(a x)`` (the ``a`` of the paper's ``erf(a x)``; ``sign``
+            ignores it), finite and > 0; see ``keras_diffusion.activations``.
+        method: evaluation method handed to ``keras_diffusion.activations.diffused_mean``.
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Example:
+
+    >>> sigma = keras_diffusion.Bandwidth(0.5)
+    >>> layer = DiffusedActivation("erf", bandwidth=sigma)
+    >>> y = layer(np.linspace(-2.0, 2.0, 5)[None].astype("float32"))
+    >>> sigma.assign(0.0)  # the plain erf from now on, no retracing
+    """
+
+    def __init__(self, activation, bandwidth=None, slope=1.0, method="fast", **kwargs):
+        super().__init__(**kwargs)
+        self.activation = check_activation(activation)
+        self.bandwidth = bandwidth_lib.resolve(bandwidth)
+        self.slope = check_slope(slope)
+        self.method = method
+        self.supports_masking = True
+        self.built = True
+
+    def call(self, inputs):
+        sigma = keras.ops.cast(self.bandwidth.value, inputs.dtype)
+        return activations_lib.diffused_mean(
+            self.activation, inputs, sigma, slope=self.slope, method=self.method
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "activation": self.activation,
+            "bandwidth": self.bandwidth,
+            "slope": self.slope,
+            "method": self.method,
+        }

@@ -1,0 +1,514 @@
+"""The diffused RNN of Mobahi 2016 and its approximate diffused cost (sec. 4.3).
+
+The network (sec. 4.1, eqs. (3)-(4), with the diffused activations of eq. (6)):
+
+    m_t = U x_t + V h~(m_{t-1}) + a,   m_0 a learned weight,     (DiffusedRNNCell / DiffusedRNN)
+    n_t = W h~(m_t) + b,               prediction h~(n_t)        (DiffusedOutput)
+
+where ``h~ = h~_sigma`` is the Gaussian-diffused activation and ``h~2 = h~2_sigma`` the
+diffused square (``keras_diffusion.activations``). The approximate diffused cost of sec. 4.3,
+for one sequence ``s`` (the paper sums it over ``s``), is
+
+    sum_t  ||h~(n_t) - y_t||^2 + sum_k (h~2(n_t) - h~(n_t)^2)_k                         (1)
+    + lam sum_t [ sum_j ||W_:,j||^2 (h~2(m_t) - h~(m_t)^2)_j + sigma^2 Y ||h~(m_t)||^2 ]   (2)
+    + lam sum_{t=0}^{T-1} [ sum_j ||V_:,j||^2 (h~2(m_t) - h~(m_t)^2)_j + sigma^2 H ||h~(m_t)||^2 ]   (3)
+
+(``||A diag(sqrt(h~2))||_F^2 - ||A diag(h~)||_F^2 = sum_j ||A_:,j||^2 (h~2 - h~^2)_j``.)
+The sums over ``t`` in (1) and (2) run over the steps that have a target: every step with
+``return_sequences=True``, the last step only with ``return_sequences=False``; (3) always runs
+over ``m_0 ... m_{T-1}``.
+
+How the Keras pieces add up to it. With ``model.compile(loss=SequenceSquaredError())`` the
+objective that ``model.fit`` minimizes is exactly ``(1/B) sum_{s in batch} cost_s``, the batch
+mean of the per-sequence cost above (the paper's sum over sequences divided by the batch size):
+
+* ``SequenceSquaredError`` (``keras_diffusion.losses``): ``sum_{t,k} (h~(n_t) - y_t)_k^2`` per
+  sequence, averaged over the batch;
+* ``DiffusedOutput`` adds, with ``add_loss``, the batch mean of the per-sequence sums of the
+  output variance in (1) and of ``lam`` times (2);
+* ``DiffusedRNN`` adds, with ``add_loss``, the batch mean of ``lam`` times (3).
+
+At ``sigma = 0`` every variance and every ``sigma^2`` term is zero and the objective is the
+plain RNN's squared error ``(1/B) sum_s sum_t ||h(n_t) - y_t||^2``.
+
+Note on (2)-(3): the paper writes ``sigma^2 Y ||h~(m_t)||^2``. Smoothing ``W`` and ``m_t``
+jointly gives ``sigma^2 Y sum_j h~2(m_t)_j`` exactly (and the same with ``V``, ``H``); the two
+differ by ``sigma^2 Y sum_j (h~2 - h~^2)_j``, a constant only for a linear ``h``. This module
+implements the paper's formula as written; ``tests/test_diffused_rnn.py`` checks it against
+Monte Carlo with that difference made explicit.
+"""
+
+import keras
+from keras import ops
+from keras.src import backend as keras_backend  # the time loop of keras.layers.RNN
+
+from keras_diffusion import activations as activations_lib
+from keras_diffusion import bandwidth as bandwidth_lib
+from keras_diffusion.layers.diffused_activation import check_activation, check_slope
+
+
+def check_units(units):
+    """Returns ``units`` after checking that it is a positive integer."""
+    if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
+        raise ValueError(f"units must be a positive integer, got {units!r}.")
+    return units
+
+
+def check_penalty(penalty):
+    """Returns the penalty weight ``lam`` as a float after checking that it is finite and >= 0."""
+    try:
+        value = float(penalty)
+    except (TypeError, ValueError):
+        raise TypeError(f"penalty must be a number >= 0, got {penalty!r}.") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(
+            f"penalty (lambda of Mobahi 2016, sec. 4.1) must be finite and >= 0, got {penalty!r}."
+        )
+    return value
+
+
+def smoothing_penalty(mean, second_moment, kernel, sigma):
+    """Per-sample ``sum [ ||A diag(sqrt(second))||_F^2 - ||A diag(mean)||_F^2 + sigma^2 rows ||mean||^2 ]``.
+
+    The smoothing term of Mobahi 2016, sec. 4.3 (App. A, footnotes 6-7) of a linear map ``A``
+    applied to a random vector with componentwise ``mean`` and ``second_moment`` of shape
+    ``(batch, ..., inputs)``; ``kernel`` is ``A^T`` in Keras layout ``(inputs, rows)``. Summed
+    over all axes but the batch axis.
+    """
+    batch, inputs = ops.shape(mean)[0], ops.shape(mean)[-1]
+    sum_of_squares = ops.sum(ops.reshape(ops.square(mean), (batch, -1, inputs)), axis=1)
+    sum_of_seconds = ops.sum(ops.reshape(second_moment, (batch, -1, inputs)), axis=1)
+    return smoothing_penalty_from_sums(sum_of_squares, sum_of_seconds, kernel, sigma)
+
+
+def smoothing_penalty_from_sums(sum_of_squares, sum_of_seconds, kernel, sigma):
+    """:func:`smoothing_penalty` from the per-sample sums over steps of ``mean^2`` and ``second``.
+
+    With ``c_j = ||A_:,j||^2`` the term is ``sum_j c_j second_j + (sigma^2 rows - c_j) mean_j^2``,
+    linear in these sums (shape ``(batch, inputs)``).
+    """
+    column_norms = ops.sum(ops.square(kernel), axis=1)
+    rows = ops.square(sigma) * ops.cast(ops.shape(kernel)[1], sum_of_squares.dtype)
+    return ops.matmul(sum_of_seconds, column_norms) + ops.matmul(sum_of_squares, rows - column_norms)
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class DiffusedRNNCell(keras.layers.Layer):
+    """The recurrence of Mobahi 2016, eq. (6): ``m_t = U x_t + V h~_sigma(m_{t-1}) + a``.
+
+    The state is the pre-activation ``m_t`` (not ``h(m_t)``); the initial state ``m_0`` is a
+    learned weight (sec. 4.1), which :meth:`get_initial_state` broadcasts to the batch. The
+    cell's output is ``m_t`` as well. In ``keras.layers.RNN(cell)`` the cell runs the forward
+    pass of eq. (6); :class:`DiffusedRNN` runs the same cell with the input projection hoisted
+    out of the time loop and adds the recurrent variance term (3) of the diffused cost.
+
+    Args:
+        units: number of hidden units ``H`` (positive int).
+        activation: hidden activation name (``keras_diffusion.activations.names()``).
+        bandwidth: shared :class:`keras_diffusion.Bandwidth`, a number or ``None``.
+        slope: ``a`` in ``h(x) = g(a x)`` (the ``a`` of ``erf(a x)``).
+        penalty: ``lam`` >= 0, weight of the smoothing term of ``V`` (used by ``DiffusedRNN``).
+        method: evaluation method handed to ``keras_diffusion.activations``.
+        kernel_initializer, recurrent_initializer, bias_initializer, initial_state_initializer:
+            initializers of ``U^T`` (inputs x H), ``V^T`` (H x H), ``a`` and ``m_0``.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer: optional regularizers.
+        kernel_constraint, recurrent_constraint, bias_constraint: optional constraints.
+        **kwargs: base layer arguments.
+
+    Example:
+
+    >>> sigma = keras_diffusion.Bandwidth(1.0)
+    >>> cell = DiffusedRNNCell(10, "erf", bandwidth=sigma)
+    >>> m = keras.layers.RNN(cell, return_sequences=True)(np.ones((4, 7, 2), "float32"))
+    """
+
+    def __init__(
+        self,
+        units,
+        activation="erf",
+        bandwidth=None,
+        slope=1.0,
+        penalty=1.0,
+        method="fast",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        initial_state_initializer="zeros",
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        recurrent_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = check_units(units)
+        self.activation = check_activation(activation)
+        self.bandwidth = bandwidth_lib.resolve(bandwidth)
+        self.slope = check_slope(slope)
+        self.penalty = check_penalty(penalty)
+        self.method = method
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.initial_state_initializer = keras.initializers.get(initial_state_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.recurrent_regularizer = keras.regularizers.get(recurrent_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.recurrent_constraint = keras.constraints.get(recurrent_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.state_size = self.units
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units),
+            name="kernel",
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, self.units),
+            name="recurrent_kernel",
+            initializer=self.recurrent_initializer,
+            regularizer=self.recurrent_regularizer,
+            constraint=self.recurrent_constraint,
+        )
+        self.bias = self.add_weight(
+            shape=(self.units,),
+            name="bias",
+            initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
+        )
+        self.initial_state = self.add_weight(
+            shape=(self.units,), name="initial_state", initializer=self.initial_state_initializer
+        )
+
+    def project(self, inputs):
+        """``U x + a`` for inputs of any leading shape ``(..., input_dim)``."""
+        return ops.matmul(inputs, self.kernel) + self.bias
+
+    def hidden_mean(self, state, sigma):
+        """``h~_sigma(m)``, the diffused hidden activation at pre-activation ``m``."""
+        return activations_lib.diffused_mean(
+            self.activation, state, sigma, slope=self.slope, method=self.method
+        )
+
+    def hidden_moments(self, state, sigma):
+        """``(h~_sigma(m), h~2_sigma(m))`` of the hidden activation at pre-activation ``m``."""
+        return activations_lib.diffused_moments(
+            self.activation, state, sigma, slope=self.slope, method=self.method
+        )
+
+    def transition(self, projected, hidden):
+        """``m_t = projected_t + V hidden`` (eq. (6) with ``projected_t = U x_t + a``,
+        ``hidden = h~_sigma(m_{t-1})``)."""
+        return projected + ops.matmul(hidden, self.recurrent_kernel)
+
+    def call(self, inputs, states, training=False):
+        previous = states[0] if isinstance(states, (list, tuple)) else states
+        sigma = ops.cast(self.bandwidth.value, inputs.dtype)
+        state = self.transition(self.project(inputs), self.hidden_mean(previous, sigma))
+        return state, [state]
+
+    def get_initial_state(self, batch_size=None):
+        return [ops.broadcast_to(self.initial_state[None, :], (batch_size, self.units))]
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": self.activation,
+            "bandwidth": self.bandwidth,
+            "slope": self.slope,
+            "penalty": self.penalty,
+            "method": self.method,
+            "kernel_initializer": serialize(self.kernel_initializer),
+            "recurrent_initializer": serialize(self.recurrent_initializer),
+            "bias_initializer": serialize(self.bias_initializer),
+            "initial_state_initializer": serialize(self.initial_state_initializer),
+            "kernel_regularizer": serialize(self.kernel_regularizer),
+            "recurrent_regularizer": serialize(self.recurrent_regularizer),
+            "bias_regularizer": serialize(self.bias_regularizer),
+            "kernel_constraint": serialize(self.kernel_constraint),
+            "recurrent_constraint": serialize(self.recurrent_constraint),
+            "bias_constraint": serialize(self.bias_constraint),
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class DiffusedRNN(keras.layers.Layer):
+    """Runs a :class:`DiffusedRNNCell` over a sequence and adds term (3) of the diffused cost.
+
+    Mobahi 2016, sec. 4.3: the recurrence of eq. (6) from the learned ``m_0`` (or a given
+    ``initial_state``), and, with ``add_loss``, the batch mean of the per-sequence
+
+        lam sum_{t=0}^{T-1} [ sum_j ||V_:,j||^2 (h~2(m_t) - h~(m_t)^2)_j + sigma^2 H ||h~(m_t)||^2 ].
+
+    The input projection ``U x_t + a`` is computed for all steps at once before the loop. The
+    loop body computes ``h~(m_{t-1})`` and ``h~2(m_{t-1})`` together (one
+    ``diffused_moments`` call), the matmul with ``V`` and two running sums over time of
+    ``h~2(m)`` and ``h~(m)^2``; term (3) is linear in these sums, so it is formed once after the
+    loop (no per-step reduction, no stored sequence when ``return_sequences=False``). The
+    layer returns the
+    componentwise ``(mean, second_moment)`` of ``h(m_t)`` under the smoothing, ``h~(m_t)`` and
+    ``h~2(m_t)``, the input of :class:`DiffusedOutput`.
+
+    Args:
+        cell: a :class:`DiffusedRNNCell`.
+        return_sequences: return the moments of every step ``(batch, T, H)`` (targets at every
+            step) or of the last step only ``(batch, H)`` (a final-step target, as in the
+            adding task).
+        return_state: also return the final state ``m_T``.
+        go_backwards: process the sequence backwards (the returned sequence is then reversed).
+        unroll: unroll the time loop (static length only).
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        sequences: ``(batch, T, input_dim)``.
+        initial_state: optional ``m_0`` of shape ``(batch, H)`` (default: the learned ``m_0``).
+
+    Masking is not supported (a masked step would enter the penalty).
+
+    Example:
+
+    >>> sigma = keras_diffusion.Bandwidth(1.0)
+    >>> inputs = keras.Input((10, 2))
+    >>> moments = DiffusedRNN(DiffusedRNNCell(10, "erf", bandwidth=sigma, penalty=0.1))(inputs)
+    >>> outputs = DiffusedOutput(1, "linear", bandwidth=sigma, penalty=0.1)(moments)
+    >>> model = keras.Model(inputs, outputs)
+    >>> model.compile("sgd", loss=keras_diffusion.losses.SequenceSquaredError())
+    """
+
+    def __init__(
+        self, cell, return_sequences=False, return_state=False, go_backwards=False, unroll=False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if isinstance(cell, dict):
+            cell = keras.saving.deserialize_keras_object(cell)
+        if not isinstance(cell, DiffusedRNNCell):
+            raise TypeError(f"DiffusedRNN needs a DiffusedRNNCell, got {cell!r}.")
+        self.cell = cell
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.unroll = bool(unroll)
+
+    @property
+    def bandwidth(self):
+        return self.cell.bandwidth
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        if not self.cell.built:
+            self.cell.build((sequences_shape[0],) + tuple(sequences_shape[2:]))
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        if mask is not None:
+            raise ValueError("DiffusedRNN does not support masking: drop the Masking layer.")
+        cell = self.cell
+        sigma = activations_lib.checked_sigma(cell.bandwidth.value, sequences.dtype)
+        if initial_state is None:
+            first = cell.get_initial_state(ops.shape(sequences)[0])[0]
+        else:
+            first = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+        first = ops.cast(first, sequences.dtype)
+        penalized = cell.penalty > 0
+        every_state = penalized or self.return_sequences
+
+        function = activations_lib.get(cell.activation)
+        width = function.fast_mean_width if cell.method == "fast" else None
+        if width is None:
+            scale, recurrent_kernel = None, cell.recurrent_kernel
+            step_inputs, step_first = cell.project(sequences), first
+
+            def hidden_mean(state):
+                return cell.hidden_mean(state, sigma)
+
+        else:
+            # h~(m) = g(c m), c = slope / width(slope sigma): run the loop on u = c m, so that a
+            # step is u_t = c (U x_t + a) + g(u_{t-1}) (c V), as cheap as a plain RNN step.
+            scale = cell.slope / width(cell.slope * sigma)
+            recurrent_kernel = cell.recurrent_kernel * scale
+            step_inputs, step_first = cell.project(sequences) * scale, first * scale
+            hidden_mean = function.function
+
+        def step(projected, states):
+            state = projected + ops.matmul(hidden_mean(states[0]), recurrent_kernel)
+            return state, [state]
+
+        _, states, final = keras_backend.rnn(
+            step,
+            step_inputs,
+            [step_first],
+            go_backwards=self.go_backwards,
+            unroll=self.unroll,
+            input_length=sequences.shape[1],
+            return_all_outputs=every_state,
+        )
+        if scale is not None:
+            states = states / scale
+        last = states[:, -1] if every_state else final[0] / scale if scale is not None else final[0]
+        if not penalized:
+            outputs = cell.hidden_moments(states if self.return_sequences else last, sigma)
+        else:
+            # m_0 .. m_T at once: term (3) needs the moments of m_0 .. m_{T-1}, the output those
+            # of m_1 .. m_T (or m_T).
+            mean, second = cell.hidden_moments(ops.concatenate([first[:, None], states], axis=1), sigma)
+            penalty = smoothing_penalty(mean[:, :-1], second[:, :-1], cell.recurrent_kernel, sigma)
+            self.add_loss(cell.penalty * ops.mean(penalty))
+            outputs = (mean[:, 1:], second[:, 1:]) if self.return_sequences else (mean[:, -1], second[:, -1])
+        if self.return_state:
+            return outputs, last
+        return outputs
+
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        batch, length = sequences_shape[0], sequences_shape[1]
+        shape = (batch, length, self.cell.units) if self.return_sequences else (batch, self.cell.units)
+        if self.return_state:
+            return (shape, shape), (batch, self.cell.units)
+        return shape, shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "cell": self.cell,
+            "return_sequences": self.return_sequences,
+            "return_state": self.return_state,
+            "go_backwards": self.go_backwards,
+            "unroll": self.unroll,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class DiffusedOutput(keras.layers.Layer):
+    """The output layer of the diffused RNN: prediction ``h~(n_t)``, ``n_t = W h~(m_t) + b``.
+
+    Mobahi 2016, sec. 4.3, eq. (6). Takes the ``(mean, second_moment)`` of its random input
+    (the output of :class:`DiffusedRNN`; a single tensor ``x`` is a deterministic input with
+    second moment ``x^2``) and
+    adds, with ``add_loss``, the batch means of the per-sequence sums
+
+        sum_t sum_k (h~2(n_t) - h~(n_t)^2)_k                                  (output variance)
+        lam sum_t [ sum_j ||W_:,j||^2 (second - mean^2)_t,j + sigma^2 Y ||mean_t||^2 ]  (of W)
+
+    so that, with ``keras_diffusion.losses.SequenceSquaredError`` as the loss, ``fit``
+    minimizes the cost of sec. 4.3 (see the module docstring for the exact mapping).
+
+    Args:
+        units: output size ``Y`` (positive int).
+        activation: output activation name; ``"linear"`` (default) for unbounded targets such
+            as the adding task's sums in [0, 2], or e.g. ``"erf"`` as in sec. 4.1.
+        bandwidth: shared :class:`keras_diffusion.Bandwidth`, a number or ``None``.
+        slope: ``a`` in ``h(x) = g(a x)`` (the ``a`` of ``erf(a x)``).
+        penalty: ``lam`` >= 0, weight of the smoothing term of ``W``.
+        method: evaluation method handed to ``keras_diffusion.activations``.
+        use_bias: whether to add ``b``.
+        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
+        kernel_constraint, bias_constraint: as in ``keras.layers.Dense``.
+        **kwargs: base layer arguments.
+
+    Example:
+
+    >>> sigma = keras_diffusion.Bandwidth(0.5)
+    >>> layer = DiffusedOutput(1, "linear", bandwidth=sigma, penalty=0.1)
+    >>> prediction = layer((np.zeros((4, 10), "float32"), np.full((4, 10), 0.1, "float32")))
+    >>> deterministic = layer(np.ones((4, 10), "float32"))
+    """
+
+    def __init__(
+        self,
+        units,
+        activation="linear",
+        bandwidth=None,
+        slope=1.0,
+        penalty=1.0,
+        method="fast",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = check_units(units)
+        self.activation = check_activation(activation)
+        self.bandwidth = bandwidth_lib.resolve(bandwidth)
+        self.slope = check_slope(slope)
+        self.penalty = check_penalty(penalty)
+        self.method = method
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+
+    def build(self, input_shape):
+        mean_shape = input_shape[0] if isinstance(input_shape[0], (list, tuple)) else input_shape
+        self.kernel = self.add_weight(
+            shape=(mean_shape[-1], self.units),
+            name="kernel",
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                shape=(self.units,),
+                name="bias",
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+
+    def call(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            mean, second_moment = inputs
+        else:
+            mean, second_moment = inputs, ops.square(inputs)
+        sigma = ops.cast(self.bandwidth.value, mean.dtype)
+        pre_activation = ops.matmul(mean, self.kernel)
+        if self.use_bias:
+            pre_activation = pre_activation + self.bias
+        if self.penalty > 0:
+            self.add_loss(self.penalty * ops.mean(smoothing_penalty(mean, second_moment, self.kernel, sigma)))
+        prediction, output_second = activations_lib.diffused_moments(
+            self.activation, pre_activation, sigma, slope=self.slope, method=self.method
+        )
+        output_variance = output_second - ops.square(prediction)
+        per_sequence = ops.sum(ops.reshape(output_variance, (ops.shape(output_variance)[0], -1)), axis=1)
+        self.add_loss(ops.mean(per_sequence))
+        return prediction
+
+    def compute_output_shape(self, input_shape):
+        mean_shape = input_shape[0] if isinstance(input_shape[0], (list, tuple)) else input_shape
+        return tuple(mean_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": self.activation,
+            "bandwidth": self.bandwidth,
+            "slope": self.slope,
+            "penalty": self.penalty,
+            "method": self.method,
+            "use_bias": self.use_bias,
+            "kernel_initializer": serialize(self.kernel_initializer),
+            "bias_initializer": serialize(self.bias_initializer),
+            "kernel_regularizer": serialize(self.kernel_regularizer),
+            "bias_regularizer": serialize(self.bias_regularizer),
+            "kernel_constraint": serialize(self.kernel_constraint),
+            "bias_constraint": serialize(self.bias_constraint),
+        }

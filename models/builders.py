@@ -1,0 +1,118 @@
+"""Model builders for the experiments of Mobahi (2016), sec. 7 (the adding task, Figure 6).
+
+:func:`build_adding_rnn` builds the sec. 7 network: an RNN with 2 inputs, ``units`` hidden
+units and 1 output read at the final step,
+
+    m_t = U x_t + V h~(m_{t-1}) + a    (learned m_0),     prediction h~_out(W h~(m_T) + b),
+
+from ``keras_diffusion.layers.DiffusedRNN`` and ``DiffusedOutput`` sharing one
+``keras_diffusion.Bandwidth``. ``method="diffusion"`` starts sigma at ``sigma`` (lower it with a
+``keras_diffusion.callbacks`` schedule); ``method="sgd"`` is the same architecture, same
+initial weights for the same ``seed``, with sigma fixed at 0 and no penalty, i.e. the plain
+RNN trained on its squared error. Compile either with
+``keras_diffusion.losses.SequenceSquaredError()``: ``fit`` then minimizes the batch mean of the
+per-sequence diffused cost of sec. 4.3 (the plain squared error at sigma = 0).
+
+:func:`adding_test_error` is the error reported as "generalization error" in sec. 7 /
+Figure 6: the mean over test sequences of the squared error of the final output of the plain
+network (sigma = 0), whatever sigma training has reached.
+
+Example:
+
+>>> task = models.adding.mobahi_adding_task(seed=0)
+>>> model = build_adding_rnn("diffusion", sigma=1.0, penalty=0.1, seed=0)
+>>> model.compile(keras.optimizers.SGD(0.1), loss=keras_diffusion.losses.SequenceSquaredError())
+>>> schedule = keras_diffusion.callbacks.LinearSigma(1.0, duration=20)
+>>> model.fit(task.dataset("train", 50, shuffle=True), epochs=30, callbacks=[schedule])
+>>> adding_test_error(model, *task.arrays("test"))
+"""
+
+import keras
+import numpy as np
+
+import keras_diffusion
+from keras_diffusion.layers.diffused_rnn import DiffusedOutput, DiffusedRNN, DiffusedRNNCell
+
+METHODS = ("diffusion", "sgd")
+
+
+def build_adding_rnn(
+    method="diffusion",
+    units=10,
+    activation="erf",
+    output_activation="linear",
+    sigma=1.0,
+    penalty=1.0,
+    slope=1.0,
+    length=None,
+    seed=0,
+):
+    """The adding-task RNN of Mobahi 2016, sec. 7 (uncompiled).
+
+    Args:
+        method: ``"diffusion"`` (diffused layers, sigma starts at ``sigma``, penalty
+            ``penalty``) or ``"sgd"`` (same layers and initial weights, sigma fixed at 0,
+            penalty 0: the plain RNN).
+        units: hidden units ``H`` (10 in sec. 7).
+        activation: hidden activation (``"erf"`` in sec. 7).
+        output_activation: output activation; ``"linear"`` (default) since the targets, sums of
+            two values in [0, 1], reach 2, beyond the range of ``erf``.
+        sigma: initial bandwidth for ``"diffusion"`` (ignored by ``"sgd"``).
+        penalty: ``lam`` of sec. 4.1, weight of the smoothing terms of ``V`` and ``W``
+            (ignored by ``"sgd"``).
+        slope: ``a`` of the hidden activation ``h(x) = g(a x)`` (the ``a`` of ``erf(a x)``); the
+            output activation has slope 1.
+        length: sequence length, or ``None`` for any length.
+        seed: integer seed of the initial weights.
+
+    Returns:
+        A ``keras.Model`` mapping ``(batch, T, 2)`` to ``(batch, 1)``; its bandwidth is
+        ``keras_diffusion.bandwidths(model)[0]`` (set it with ``keras_diffusion.set_sigma``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if method == "sgd":
+        sigma, penalty = 0.0, 0.0
+    bandwidth = keras_diffusion.Bandwidth(sigma, name="sigma")
+    inputs = keras.Input((length, 2), name="sequences")
+    cell = DiffusedRNNCell(
+        units,
+        activation,
+        bandwidth=bandwidth,
+        slope=slope,
+        penalty=penalty,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 1),
+    )
+    moments = DiffusedRNN(cell, name="rnn")(inputs)
+    outputs = DiffusedOutput(
+        1,
+        output_activation,
+        bandwidth=bandwidth,
+        penalty=penalty,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2),
+        name="output",
+    )(moments)
+    return keras.Model(inputs, outputs, name=f"adding_rnn_{method}")
+
+
+def adding_test_error(model, x, y, batch_size=256):
+    """Mean squared error of the final output of the plain network (sigma = 0).
+
+    The model's sigma is set to 0 for the forward pass and restored afterwards. Models without
+    diffused layers are evaluated as they are.
+
+    Returns:
+        ``mean_s ||f(x_s) - y_s||^2`` as a Python float.
+    """
+    found = keras_diffusion.bandwidths(model)
+    saved = [float(keras.ops.convert_to_numpy(b.variable)) for b in found]
+    for bandwidth in found:
+        bandwidth.assign(0.0)
+    try:
+        prediction = model.predict(x, batch_size=batch_size, verbose=0)
+    finally:
+        for bandwidth, value in zip(found, saved):
+            bandwidth.assign(value)
+    error = np.square(np.reshape(prediction, (len(prediction), -1)) - np.reshape(y, (len(y), -1)))
+    return float(np.mean(np.sum(error, axis=1)))

@@ -287,3 +287,157 @@ def test_cg_and_lanczos_on_a_float32_network_hessian_under_jit():
     np.testing.assert_allclose(_flat(x_cg), np.linalg.solve(hessian + np.eye(8), np.ones(8)),
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ritz.numpy(), np.linalg.eigvalsh(hessian), atol=1e-4)
+
+
+def looped_and_unrolled(solve, *args):
+    """``solve(*args, unroll=...)`` looped and unrolled, eagerly and in tf.function.
+
+    Asserts that the eager results are bit-identical (the same operations run on the same
+    state) and the graph ones equal to round-off (Grappler's arithmetic optimizer rewrites
+    straight-line code and loop bodies differently), integers exactly everywhere; returns
+    the graph results. Operators and data must be function arguments: constant folding would
+    change the kernels used too. Also used by test_spectra.py.
+    """
+    eager = [tf.nest.flatten(solve(*args, unroll=u)) for u in (False, True)]
+    graph = [tf.function(lambda *a, u=u: solve(*a, unroll=u))(*args) for u in (False, True)]
+    flat_graph = [tf.nest.flatten(g) for g in graph]
+    for k, (e_loop, e_unroll, g_loop, g_unroll) in enumerate(zip(*eager, *flat_graph)):
+        message = f"flattened output {k}"
+        np.testing.assert_array_equal(e_unroll.numpy(), e_loop.numpy(), err_msg=message)
+        if g_loop.dtype.is_integer or g_loop.dtype.is_bool:
+            for value in (g_unroll, e_loop):
+                np.testing.assert_array_equal(value.numpy(), g_loop.numpy(), err_msg=message)
+        else:
+            np.testing.assert_allclose(g_unroll.numpy(), g_loop.numpy(), rtol=1e-12,
+                                       atol=1e-14, err_msg=message)
+    return graph
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_cg_few_iterations_against_dense_solve(unroll):
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(5, 5))
+    a = q @ q.T + 0.1 * np.eye(5)
+    b = rng.normal(size=5)
+    op, rhs = _operator(a), [tf.constant(b)]
+
+    x = solvers.conjugate_gradient(op, rhs, damping=0.5, max_iterations=8, tol=1e-12,
+                                   unroll=unroll).x
+    np.testing.assert_allclose(x[0], np.linalg.solve(a + 0.5 * np.eye(5), b), rtol=1e-8)
+    # One iteration is the Cauchy step; a converged solve stops moving.
+    x1 = solvers.conjugate_gradient(op, rhs, max_iterations=1, unroll=unroll).x
+    np.testing.assert_allclose(x1[0], (b @ b) / (b @ a @ b) * b, rtol=1e-10)
+    tol = solvers.conjugate_gradient(op, rhs, max_iterations=30, tol=1e-6, unroll=unroll)
+    assert int(tol.stop_reason) == solvers.RESIDUAL_TOLERANCE and int(tol.num_iterations) <= 6
+    assert np.all(np.isfinite(tol.x[0]))
+    np.testing.assert_allclose(a @ tol.x[0].numpy(), b, atol=1e-5)
+    # Non-positive curvature: no step along that direction.
+    neg = solvers.conjugate_gradient(lambda v: [-v[0]], rhs, max_iterations=3, unroll=unroll)
+    np.testing.assert_array_equal(neg.x[0], np.zeros(5))
+    assert int(neg.stop_reason) == solvers.NEGATIVE_CURVATURE
+
+
+def test_unrolled_cg_equals_looped_with_martens_rule_and_saved_iterates():
+    rng = np.random.default_rng(3)
+    n = 150
+    a = _symmetric(np.geomspace(1e-2, 1.0, n), seed=4)
+    b = lo.unflatten(tf.constant(rng.normal(size=n)), [tf.zeros([10, 10]), tf.zeros([50])])
+    looped, unrolled = looped_and_unrolled(
+        lambda a, b, unroll: solvers.conjugate_gradient(
+            _operator_tensor(a), b, max_iterations=60, tol=0.0, unroll=unroll
+        ),
+        tf.constant(a), b,
+    )
+    # Martens' rule stopped it before the cap, so the unrolled run froze its state.
+    assert solvers.STOP_REASONS[int(looped.stop_reason)] == "relative_progress"
+    assert 10 < int(looped.num_iterations) < 60 and int(looped.num_saved) > 5
+    stop, iterates, _ = _martens_cg(a, _flat(b), 60)
+    assert int(unrolled.num_iterations) == stop
+    np.testing.assert_allclose(_flat(unrolled.x), iterates[stop], rtol=1e-6, atol=1e-8)
+
+
+def test_unrolled_cg_equals_looped_with_warm_start_damping_and_preconditioner():
+    rng = np.random.default_rng(0)
+    a = _symmetric(np.geomspace(0.1, 50.0, N), seed=1)
+    diag, b, x0 = rng.uniform(0.5, 2.0, N), rng.normal(size=N), rng.normal(size=N)
+
+    def solve(a, diag, b, x0, unroll):
+        return solvers.conjugate_gradient(
+            _operator_tensor(a), b, x0, damping=0.3,
+            preconditioner=solvers.diagonal_preconditioner(diag),
+            tol=1e-10, max_iterations=30, unroll=unroll,
+        )
+
+    looped, unrolled = looped_and_unrolled(
+        solve, tf.constant(a), _blocks(diag), _blocks(b), _blocks(x0)
+    )
+    assert int(looped.stop_reason) == solvers.RESIDUAL_TOLERANCE
+    assert int(looped.num_iterations) < 30
+    np.testing.assert_allclose(_flat(unrolled.x), np.linalg.solve(a + 0.3 * np.eye(N), b),
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_unrolled_cg_equals_looped_on_negative_curvature():
+    a = _symmetric(np.concatenate([[-1.0, -0.5], np.linspace(1.0, 3.0, N - 2)]), seed=5)
+    b = _blocks(np.random.default_rng(6).normal(size=N))
+    looped, unrolled = looped_and_unrolled(
+        lambda a, b, unroll: solvers.conjugate_gradient(
+            _operator_tensor(a), b, tol=0.0, epsilon=0.0, max_iterations=20, unroll=unroll
+        ),
+        tf.constant(a), b,
+    )
+    assert int(looped.stop_reason) == solvers.NEGATIVE_CURVATURE
+
+
+def test_unrolled_minres_equals_looped():
+    rng = np.random.default_rng(7)
+    a = _symmetric(np.concatenate([np.linspace(-4.0, -0.3, 5), np.linspace(0.2, 6.0, N - 5)]),
+                   seed=8)
+    b, x0, diag = rng.normal(size=N), rng.normal(size=N), rng.uniform(0.5, 2.0, N)
+
+    def solve(a, diag, b, x0, unroll):
+        return solvers.minres(
+            _operator_tensor(a), b, x0, damping=0.05, tol=1e-10, max_iterations=40,
+            preconditioner=solvers.diagonal_preconditioner(diag), unroll=unroll,
+        )
+
+    looped, unrolled = looped_and_unrolled(
+        solve, tf.constant(a), _blocks(diag), _blocks(b), _blocks(x0)
+    )
+    assert int(looped.stop_reason) == solvers.RESIDUAL_TOLERANCE
+    assert int(looped.num_iterations) < 40
+    np.testing.assert_allclose(_flat(unrolled.x), np.linalg.solve(a + 0.05 * np.eye(N), b),
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_unrolled_solvers_run_with_all_reduces_in_replica_context():
+    # Inside strategy.run (as in a train step) each replica all-reduces its half of the
+    # product: TensorFlow rejects that inside tf.while_loop, the unrolled solvers run it.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    halves = np.stack([_symmetric(np.linspace(0.5, 4.0, N), 13),
+                       _symmetric(np.linspace(-0.4, 3.0, N), 14)])
+    b = _blocks(np.random.default_rng(15).normal(size=N))
+    stacked = tf.constant(halves)
+
+    def replica_fn(unroll):
+        ctx = tf.distribute.get_replica_context()
+        local = _operator_tensor(tf.gather(stacked, ctx.replica_id_in_sync_group))
+        matvec = lambda v: ctx.all_reduce("SUM", local(v))  # noqa: E731
+        cg = solvers.conjugate_gradient(matvec, b, tol=1e-10, epsilon=0.0, max_iterations=15,
+                                        unroll=unroll)
+        mr = solvers.minres(matvec, b, tol=1e-10, max_iterations=15, unroll=unroll)
+        return cg.x, mr.x, cg.stop_reason, mr.stop_reason
+
+    with pytest.raises(RuntimeError, match="synchronization point"):
+        tf.function(lambda: strategy.run(replica_fn, args=(False,)))()
+    *solutions, cg_reason, mr_reason = tf.function(
+        lambda: strategy.run(replica_fn, args=(True,))
+    )()
+    for reason in (cg_reason, mr_reason):
+        assert [int(r) for r in strategy.experimental_local_results(reason)] == [
+            solvers.RESIDUAL_TOLERANCE
+        ] * 2
+    expected = np.linalg.solve(halves.sum(0), _flat(b))
+    for solution in solutions:
+        for replica_x in strategy.experimental_local_results(solution):
+            np.testing.assert_allclose(_flat(replica_x), expected, rtol=1e-8, atol=1e-10)

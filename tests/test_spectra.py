@@ -18,7 +18,7 @@ def _blocks(flat):
 
 
 def _operator(matrix):
-    matrix = tf.constant(matrix, tf.float64)
+    matrix = tf.convert_to_tensor(matrix, tf.float64)  # an array or a function argument
     return lambda v: lo.unflatten(tf.linalg.matvec(matrix, lo.flatten(v)), v)
 
 
@@ -243,3 +243,66 @@ def test_random_probes_are_standardized_and_identical_under_jit():
     assert set(np.unique(signs)) == {-1.0, 1.0} and abs(signs.mean()) < 4 / np.sqrt(n)
     other = lo.flatten(lo.random_normal_like(like, (4, 3))).numpy()
     assert abs(np.corrcoef(normal, other)[0, 1]) < 4 / np.sqrt(n)
+
+
+def test_unrolled_spectra_equal_looped():
+    from test_solvers import looped_and_unrolled
+
+    # Three distinct eigenvalues: Lanczos restarts after 3 steps (a selected, not a
+    # tf.cond, branch); power iteration stops early on its tolerance (a frozen state).
+    clustered = _symmetric(np.array([-1.0] * 4 + [2.0] * 4 + [5.0] * 3), 5)
+
+    def run(indefinite, clustered, v0, unroll):
+        matvec, restarting = _operator(indefinite), _operator(clustered)
+        return (
+            spectra.power_iteration(restarting, v0, max_iterations=40, tol=1e-8,
+                                    unroll=unroll),
+            spectra.smallest_eigenvalue(matvec, v0, max_iterations=8, unroll=unroll),
+            spectra.lanczos(restarting, v0, 6, unroll=unroll),
+            spectra.stochastic_lanczos_quadrature(matvec, LIKE, 2, 3, seed=(1, 2),
+                                                  unroll=unroll),
+            spectra.hutchinson_trace(matvec, LIKE, 3, seed=(1, 2), unroll=unroll),
+        )
+
+    power, smallest, lanczos, slq, trace = looped_and_unrolled(
+        run, tf.constant(INDEFINITE), tf.constant(clustered), _blocks(V0)
+    )[1]
+    assert bool(power.converged) and int(power.num_iterations) < 40
+    np.testing.assert_allclose(float(power.eigenvalue), 5.0, rtol=1e-7)
+    assert float(lanczos.betas[2]) == 0.0
+    np.testing.assert_allclose(lanczos.ritz_values.numpy()[[0, -1]], [-1.0, 5.0], rtol=1e-10)
+    rows = np.stack([lo.flatten([q[j] for q in lanczos.ritz_vectors]).numpy() for j in range(6)])
+    np.testing.assert_allclose(rows @ rows.T, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose(slq.weights.numpy().sum(), 1.0, rtol=1e-12)
+    assert smallest.eigenvalue.dtype == tf.float64 and trace.samples.shape == [3]
+
+
+def test_unrolled_spectra_run_with_all_reduces_in_replica_context():
+    # Inside strategy.run (as in a train step) each replica all-reduces its half of the
+    # product: TensorFlow rejects that inside tf.while_loop/tf.cond, unrolled loops run it.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    halves = np.stack([INDEFINITE, _symmetric(np.linspace(-1.0, 2.0, N), 10)])
+    stacked = tf.constant(halves)
+
+    def replica_fn(unroll):
+        ctx = tf.distribute.get_replica_context()
+        local = _operator(tf.gather(stacked, ctx.replica_id_in_sync_group))
+        matvec = lambda v: ctx.all_reduce("SUM", local(v))  # noqa: E731
+        return (spectra.lanczos(matvec, _blocks(V0), 4, unroll=unroll).ritz_values,
+                spectra.hutchinson_trace(matvec, LIKE, 2, seed=(3, 3), unroll=unroll).samples)
+
+    with pytest.raises(RuntimeError, match="synchronization point"):
+        tf.function(lambda: strategy.run(replica_fn, args=(False,)))()
+    ritz, samples = tf.function(lambda: strategy.run(replica_fn, args=(True,)))()
+    total = halves.sum(0)
+    # Four steps: the Ritz values of the single-device run on the summed matrix, whose
+    # extremes already bracket the spectrum.
+    expected = spectra.lanczos(_operator(total), _blocks(V0), 4).ritz_values.numpy()
+    w = np.linalg.eigvalsh(total)
+    assert w[0] <= expected[0] < expected[-1] <= w[-1]
+    for replica_ritz in strategy.experimental_local_results(ritz):
+        np.testing.assert_allclose(replica_ritz.numpy(), expected, rtol=1e-10, atol=1e-12)
+    for replica_samples in strategy.experimental_local_results(samples):
+        for p, sample in enumerate(replica_samples.numpy()):
+            v = _flat(lo.rademacher_like(LIKE, lo.fold_seed((3, 3), p)))
+            np.testing.assert_allclose(sample, v @ total @ v, rtol=1e-12)

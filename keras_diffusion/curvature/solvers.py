@@ -4,7 +4,9 @@ Both solve ``(A + damping I) x = b`` where ``A`` is a symmetric operator given a
 ``matvec(vectors) -> vectors`` on lists of tensors (e.g. ``lambda v: ggn_vp(..., v)``). All
 reductions go through ``dot`` (default: `linear_operator.dot`), so a distributed caller can
 pass an all-reduced inner product. Both run in-graph (``tf.while_loop`` with fixed-shape loop
-variables) and compile with ``tf.function(jit_compile=True)``.
+variables) and compile with ``tf.function(jit_compile=True)``. With ``unroll=True`` the same
+iteration runs as straight-line code instead (`loops.run_loop`), for matvecs or dots that
+all-reduce across replicas inside a replica context, where ``tf.while_loop`` is forbidden.
 
 References:
     Martens (2010), "Deep learning via Hessian-free optimization", ICML, sec. 4.3 (damping),
@@ -20,6 +22,7 @@ import math
 import tensorflow as tf
 
 from keras_diffusion.curvature import linear_operator as lo
+from keras_diffusion.curvature import loops
 
 # Stop reasons (the ``stop_reason`` field of the results; names in `STOP_REASONS`).
 MAX_ITERATIONS = 0
@@ -98,6 +101,7 @@ def conjugate_gradient(
     gamma=1.3,
     save_iterates=True,
     dot=lo.dot,
+    unroll=False,
 ):
     """Preconditioned conjugate gradient for ``(A + damping I) x = b``, Martens style.
 
@@ -132,6 +136,14 @@ def conjugate_gradient(
         save_iterates: whether to store the scheduled iterates (memory: about
             ``log(max_iterations) / log(gamma)`` copies of ``b``).
         dot: inner product of two lists of tensors (all-reduce it for distributed use).
+        unroll: run the iterations as ``max_iterations`` copies of straight-line graph code
+            (`loops.run_loop`) instead of a ``tf.while_loop``; iterations after the stop
+            leave the state unchanged, so the result is identical. Needed when ``matvec``
+            or ``dot`` all-reduces across replicas inside a replica context (e.g.
+            ``closure.ggn_vp`` in a ``MirroredStrategy`` train step, where
+            ``closure.distributed``): TensorFlow forbids that ``merge_call`` inside
+            ``tf.while_loop``. The graph grows linearly with ``max_iterations``, and every
+            unrolled iteration costs one matvec even after the stop.
 
     Returns:
         A `CGResult`. ``iterates``/``iterations``/``phi`` have a static leading size
@@ -144,6 +156,9 @@ def conjugate_gradient(
     result = conjugate_gradient(lambda v: ggn_vp(loss_fn, params, v), neg_grad,
                                 x0=previous_step, damping=lam, max_iterations=100)
     step, candidates = result.x, result.iterates
+    # Inside a MirroredStrategy train step, with all-reducing closure products:
+    step = conjugate_gradient(closure.ggn_vp, neg_grad, damping=lam, dot=closure.dot,
+                              unroll=closure.distributed).x
     ```
     """
     lo.check_positive_int("max_iterations", max_iterations)
@@ -220,8 +235,8 @@ def conjugate_gradient(
         num_saved = num_saved + tf.cast(save, tf.int32)
         return (i, x, r, z, p, rz_new, history, stored, iterations, phis, num_saved, reason)
 
-    (i, x, r, _, _, _, history, stored, iterations, phis, num_saved, reason) = tf.while_loop(
-        lambda *s: s[-1] == _RUNNING, step, state
+    (i, x, r, _, _, _, history, stored, iterations, phis, num_saved, reason) = loops.run_loop(
+        lambda *s: s[-1] == _RUNNING, step, state, max_iterations, unroll
     )
     # The final iterate is always the last saved one.
     final_saved = is_scheduled[i]
@@ -241,7 +256,7 @@ def conjugate_gradient(
 
 
 def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iterations=250,
-           tol=1e-6, dot=lo.dot):
+           tol=1e-6, dot=lo.dot, unroll=False):
     """MINRES (Paige & Saunders 1975) for symmetric, possibly indefinite ``(A + damping I)``.
 
     Minimizes ``||b - A x||`` over the Krylov space, so it handles the indefinite Hessians of
@@ -259,6 +274,9 @@ def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iteratio
         max_iterations: positive int.
         tol: relative residual tolerance (>= 0).
         dot: inner product of two lists of tensors (all-reduce it for distributed use).
+        unroll: unroll the ``max_iterations`` iterations as straight-line code (identical
+            result), for all-reducing ``matvec``/``dot`` in a replica context; see
+            `conjugate_gradient`.
 
     Returns:
         A `MinresResult` ``(x, num_iterations, residual_norm, stop_reason)``;
@@ -326,7 +344,7 @@ def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iteratio
         )
         return (itn, x, r1, r2, y, w, w2, beta, oldb, dbar, epsln, phibar, cs, sn, reason)
 
-    out = tf.while_loop(lambda *s: s[-1] == _RUNNING, step, state)
+    out = loops.run_loop(lambda *s: s[-1] == _RUNNING, step, state, max_iterations, unroll)
     return MinresResult(x=out[1], num_iterations=out[0], residual_norm=out[11],
                         stop_reason=out[-1])
 

@@ -5,7 +5,9 @@ model weights (e.g. ``lambda v: hvp(loss_fn, params, v)``), assumed symmetric. E
 reduction goes through ``dot`` (default `linear_operator.dot`) so that a distributed caller
 can pass an all-reduced inner product; random probes come from stateless seeds, so every
 replica draws the same probes. Everything runs in-graph and under
-``tf.function(jit_compile=True)``.
+``tf.function(jit_compile=True)``; ``unroll=True`` runs the loops as straight-line code
+(`loops.run_loop`, identical results) for matvecs or dots that all-reduce across replicas
+inside a replica context, where TensorFlow forbids ``tf.while_loop`` and ``tf.cond``.
 
 References:
     Golub & Van Loan (2013), "Matrix Computations", 4th ed., sec. 7.3 (power iteration),
@@ -25,6 +27,7 @@ import math
 import tensorflow as tf
 
 from keras_diffusion.curvature import linear_operator as lo
+from keras_diffusion.curvature import loops
 
 PowerIterationResult = collections.namedtuple(
     "PowerIterationResult", ["eigenvalue", "vector", "num_iterations", "converged"]
@@ -38,7 +41,7 @@ HutchinsonResult = collections.namedtuple(
 )
 
 
-def power_iteration(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot):
+def power_iteration(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot, unroll=False):
     """Largest-magnitude eigenvalue (with sign) and eigenvector by power iteration.
 
     Iterates ``v <- A v / ||A v||`` and returns the Rayleigh quotient ``v^T A v`` of the last
@@ -53,6 +56,9 @@ def power_iteration(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot):
         max_iterations: positive int.
         tol: relative tolerance on the change of the eigenvalue estimate (>= 0).
         dot: inner product of two lists of tensors.
+        unroll: unroll the ``max_iterations`` iterations as straight-line code (identical
+            result), needed when ``matvec``/``dot`` all-reduce across replicas inside a
+            replica context (TensorFlow forbids that inside ``tf.while_loop``).
 
     Returns:
         `PowerIterationResult` ``(eigenvalue, vector, num_iterations, converged)``;
@@ -80,15 +86,18 @@ def power_iteration(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot):
         v_next = [tf.where(w_norm > 0, x / w_norm, y) for x, y in zip(w, v)]
         return i + 1, v_next, v, new_eigenvalue, converged
 
-    i, _, v, eigenvalue, converged = tf.while_loop(
+    i, _, v, eigenvalue, converged = loops.run_loop(
         lambda i, *s: (i < max_iterations) & ~s[-1],
         step,
         (tf.constant(0), v, v, zero + float("inf"), tf.constant(False)),
+        max_iterations,
+        unroll,
     )
     return PowerIterationResult(eigenvalue, v, i, converged)
 
 
-def smallest_eigenvalue(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot):
+def smallest_eigenvalue(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot,
+                        unroll=False):
     """Most negative (smallest algebraic) eigenvalue by shifted power iteration.
 
     First estimates the largest-magnitude eigenvalue ``lambda_1`` with `power_iteration`,
@@ -101,7 +110,7 @@ def smallest_eigenvalue(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot)
     crowded - prefer `lanczos` there.
 
     Args:
-        matvec, v0, max_iterations, tol, dot: as in `power_iteration`.
+        matvec, v0, max_iterations, tol, dot, unroll: as in `power_iteration`.
 
     Returns:
         `PowerIterationResult` for ``A``; ``num_iterations`` counts both runs.
@@ -112,7 +121,9 @@ def smallest_eigenvalue(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot)
     bottom = smallest_eigenvalue(lambda v: hvp(loss_fn, params, v), v0)
     ```
     """
-    top = power_iteration(matvec, v0, max_iterations=max_iterations, tol=tol, dot=dot)
+    top = power_iteration(
+        matvec, v0, max_iterations=max_iterations, tol=tol, dot=dot, unroll=unroll
+    )
     shift = tf.abs(top.eigenvalue)
     shifted = power_iteration(
         lambda v: lo.axpy(-shift, v, list(matvec(v))),
@@ -120,6 +131,7 @@ def smallest_eigenvalue(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot)
         max_iterations=max_iterations,
         tol=tol,
         dot=dot,
+        unroll=unroll,
     )
     return PowerIterationResult(
         shifted.eigenvalue + shift,
@@ -129,7 +141,7 @@ def smallest_eigenvalue(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot)
     )
 
 
-def lanczos(matvec, v0, num_steps, *, dot=lo.dot, seed=(0, 0)):
+def lanczos(matvec, v0, num_steps, *, dot=lo.dot, seed=(0, 0), unroll=False):
     """``num_steps`` Lanczos steps with full reorthogonalization: Ritz values and vectors.
 
     Builds an orthonormal Krylov basis ``V`` (``num_steps`` vectors, each reorthogonalized
@@ -147,6 +159,9 @@ def lanczos(matvec, v0, num_steps, *, dot=lo.dot, seed=(0, 0)):
         num_steps: positive int, at most the total number of entries of ``v0``.
         dot: inner product of two lists of tensors.
         seed: stateless seed (2 ints) for restart vectors.
+        unroll: unroll the loops as straight-line code (identical result; the graph grows
+            like ``num_steps^2``), needed when ``matvec``/``dot`` all-reduce across replicas
+            inside a replica context (TensorFlow forbids that inside ``tf.while_loop``).
 
     Returns:
         `LanczosResult` ``(ritz_values, ritz_vectors, alphas, betas)``: ``ritz_values``
@@ -163,14 +178,14 @@ def lanczos(matvec, v0, num_steps, *, dot=lo.dot, seed=(0, 0)):
     ```
     """
     v0 = lo.as_vector(v0, "v0")
-    alphas, betas, basis = _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed)
+    alphas, betas, basis = _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed, unroll)
     values, vectors = _tridiagonal_eigh(alphas, betas)
     ritz_vectors = [tf.tensordot(tf.transpose(vectors), q, axes=1) for q in basis]
     return LanczosResult(values, ritz_vectors, alphas, betas)
 
 
 def stochastic_lanczos_quadrature(
-    matvec, like, num_probes, num_steps, *, seed=(0, 0), dot=lo.dot
+    matvec, like, num_probes, num_steps, *, seed=(0, 0), dot=lo.dot, unroll=False
 ):
     """Spectral density of ``A`` as Gauss quadrature nodes and weights (SLQ).
 
@@ -188,6 +203,7 @@ def stochastic_lanczos_quadrature(
         num_steps: positive int, Lanczos steps per probe (at most the dimension).
         seed: stateless seed (2 ints): the same seed gives the same probes everywhere.
         dot: inner product of two lists of tensors.
+        unroll: unroll all loops as straight-line code (identical result), as in `lanczos`.
 
     Returns:
         `SLQResult` ``(nodes, weights)``, both ``[num_probes, num_steps]``.
@@ -207,14 +223,16 @@ def stochastic_lanczos_quadrature(
     def probe(p, nodes, weights):
         v = lo.rademacher_like(specs, lo.fold_seed(seed, 2 * p))
         restart_seed = lo.fold_seed(seed, 2 * p + 1)
-        alphas, betas, _ = _lanczos_tridiagonal(matvec, v, num_steps, dot, restart_seed)
+        alphas, betas, _ = _lanczos_tridiagonal(
+            matvec, v, num_steps, dot, restart_seed, unroll
+        )
         theta, s = _tridiagonal_eigh(alphas, betas)
         tau = s[0] ** 2 / num_probes
         return p + 1, _set_row(nodes, p, theta), _set_row(weights, p, tau)
 
     empty = tf.zeros([num_probes, num_steps], dtype)
-    _, nodes, weights = tf.while_loop(
-        lambda p, *_: p < num_probes, probe, (tf.constant(0), empty, empty)
+    _, nodes, weights = loops.run_loop(
+        lambda p, *_: p < num_probes, probe, (tf.constant(0), empty, empty), num_probes, unroll
     )
     return SLQResult(nodes, weights)
 
@@ -245,7 +263,7 @@ def spectral_density(nodes, weights, grid, sigma):
     return tf.linalg.matvec(kernel, weights)
 
 
-def hutchinson_trace(matvec, like, num_probes, *, seed=(0, 0), dot=lo.dot):
+def hutchinson_trace(matvec, like, num_probes, *, seed=(0, 0), dot=lo.dot, unroll=False):
     """Hutchinson's trace estimate ``mean_i v_i^T A v_i`` with Rademacher probes ``v_i``.
 
     Unbiased: ``E[v v^T] = I``; the variance per probe is ``2 sum_{i != j} A_ij^2``.
@@ -256,6 +274,8 @@ def hutchinson_trace(matvec, like, num_probes, *, seed=(0, 0), dot=lo.dot):
         num_probes: int >= 2 (the standard error needs two samples).
         seed: stateless seed (2 ints): the same seed gives the same probes everywhere.
         dot: inner product of two lists of tensors.
+        unroll: unroll the probe loop as straight-line code (identical result), needed when
+            ``matvec``/``dot`` all-reduce across replicas inside a replica context.
 
     Returns:
         `HutchinsonResult` ``(trace, standard_error, samples)``; ``standard_error`` is the
@@ -279,17 +299,19 @@ def hutchinson_trace(matvec, like, num_probes, *, seed=(0, 0), dot=lo.dot):
         v = lo.rademacher_like(specs, lo.fold_seed(seed, p))
         return p + 1, tf.tensor_scatter_nd_update(samples, [[p]], [dot(v, list(matvec(v)))])
 
-    _, samples = tf.while_loop(
+    _, samples = loops.run_loop(
         lambda p, _: p < num_probes,
         probe,
         (tf.constant(0), tf.zeros([num_probes], specs[0].dtype)),
+        num_probes,
+        unroll,
     )
     mean = tf.reduce_mean(samples)
     variance = tf.reduce_sum((samples - mean) ** 2) / (num_probes - 1)
     return HutchinsonResult(mean, tf.sqrt(variance / num_probes), samples)
 
 
-def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed):
+def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed, unroll):
     """Lanczos with full reorthogonalization: (alphas [k], betas [k-1], basis [k, ...])."""
     lo.check_positive_int("num_steps", num_steps)
     dimension = sum(v.shape.num_elements() for v in v0)
@@ -309,45 +331,38 @@ def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed):
         av = list(matvec(v))
         alpha = dot(v, av)
         w = lo.axpy(-beta_prev, v_prev, lo.axpy(-alpha, v, av))
-        w = _orthogonalize(w, basis, i + 1, dot)
+        w = _orthogonalize(w, basis, dot)
         beta = lo.norm(w, dot)
         breakdown = beta <= eps * lo.norm(av, dot)
-
-        def restart():
-            r = lo.random_normal_like(v, lo.fold_seed(seed, i), dtype)
-            r = _orthogonalize(r, basis, i + 1, dot)
-            return lo.scale(1.0 / lo.norm(r, dot), r), zero
-
-        def proceed():
-            return lo.scale(tf.math.divide_no_nan(tf.ones_like(beta), beta), w), beta
-
-        v_next, beta = tf.cond(breakdown & (i + 1 < num_steps), restart, proceed)
+        # Both candidates are computed and one selected (no tf.cond), so every `dot`, possibly
+        # a cross-replica reduction, runs unconditionally.
+        r = lo.random_normal_like(v, lo.fold_seed(seed, i), dtype)
+        r = _orthogonalize(r, basis, dot)
+        restart = (lo.scale(1.0 / lo.norm(r, dot), r), zero)
+        proceed = (lo.scale(tf.math.divide_no_nan(tf.ones_like(beta), beta), w), beta)
+        v_next, beta = loops.select(breakdown & (i + 1 < num_steps), restart, proceed)
         return (i + 1, v_next, v, beta, basis, _set_row(alphas, i, alpha),
                 _set_row(betas, i, beta))
 
-    _, _, _, _, basis, alphas, betas = tf.while_loop(
+    _, _, _, _, basis, alphas, betas = loops.run_loop(
         lambda i, *_: i < num_steps,
         step,
         (tf.constant(0), v, lo.zeros_like(v), zero, basis, tf.zeros([num_steps], dtype),
          tf.zeros([num_steps], dtype)),
+        num_steps,
+        unroll,
     )
     return alphas, betas[:-1], basis
 
 
-def _orthogonalize(w, basis, count, dot):
-    """Removes from ``w`` its components along the first ``count`` basis rows, twice (CGS2)."""
-    num_rows = basis[0].shape[0]
+def _orthogonalize(w, basis, dot):
+    """Removes from ``w`` its components along the basis rows, twice (CGS2).
+
+    Rows not written yet are zero and contribute exactly nothing; taking all rows (no loop
+    bounded by the step) keeps the code straight-line, so it may all-reduce in `dot`.
+    """
     for _ in range(2):
-
-        def coefficient(j, coeffs):
-            row = [q[j] for q in basis]
-            return j + 1, _set_row(coeffs, j, dot(row, w))
-
-        _, coeffs = tf.while_loop(
-            lambda j, _: j < count,
-            coefficient,
-            (tf.constant(0), tf.zeros([num_rows], w[0].dtype)),
-        )
+        coeffs = tf.stack([dot([q[j] for q in basis], w) for j in range(basis[0].shape[0])])
         w = [x - tf.tensordot(coeffs, q, axes=1) for x, q in zip(w, basis)]
     return w
 

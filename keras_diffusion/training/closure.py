@@ -1,0 +1,263 @@
+"""The closure: the training loss of one batch as a function of the model's weights.
+
+Second-order optimizers (Hessian-free, Gauss-Newton, Saddle-Free Newton, natural gradient;
+Pascanu 2014, thesis Sec. 4.1 and 4.3) and Entropy-SGD need more than one gradient per batch:
+they evaluate the loss, its gradient and curvature-vector products at weights other than the
+current ones. ``Closure`` binds one batch ``(x, y, sample_weight)`` of a compiled Keras model
+and exposes those quantities as functions of a list of weight tensors, evaluated with Keras'
+stateless scope (the model's variables are substituted by the given tensors).
+
+Distribution. Inside ``model.fit`` under ``tf.distribute.MirroredStrategy`` each replica holds
+its share of the global batch. Keras scales each replica's compiled loss by
+``1 / num_replicas`` (and so its ``add_loss`` and regularization terms), so the SUM over replicas
+of the per-replica losses is the objective of the global batch. Accordingly:
+
+- ``local_loss``, ``outputs``, ``loss_from_outputs`` are this replica's share (differentiable);
+- ``loss``, ``gradient``, ``hvp``, ``ggn_vp`` are all-reduced (summed over replicas): every
+  replica sees the global objective and its products, so vectors built from them are
+  replicated (identical on every replica);
+- ``distributed`` tells whether that all-reduce happens; TensorFlow forbids it inside
+  ``tf.while_loop``, so iterative solvers then run with ``unroll=True`` (``keras_diffusion.curvature``);
+- ``dot`` is therefore the plain local dot product of replicated vectors (summing it over
+  replicas would count it ``num_replicas`` times); ``all_reduce`` sums a list of per-replica
+  tensors for quantities an optimizer builds from the local functions itself.
+
+Outside a replica context (a callback at epoch end, under a strategy's scope) the closure
+evaluates the whole given batch on one device and undoes Keras' ``1 / num_replicas`` scaling.
+
+Non-trainable state (BatchNorm moving statistics, dropout seed generators) is frozen at its
+value when the closure is built: every evaluation at any weights sees the same state, so the
+closure is a deterministic function of the weights (same dropout masks, same BatchNorm mode).
+The train step updates that state once per step, from its forward pass at the current weights,
+exactly as ``keras.Model.train_step`` does.
+"""
+
+import keras
+import tensorflow as tf
+from keras.src.backend.common.stateless_scope import StatelessScope
+from keras.src.losses.losses import LossFunctionWrapper
+
+from keras_diffusion.curvature import loss_hessians, products
+
+
+def _replica_context():
+    """The replica context when running inside ``strategy.run``, else ``None``."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    return ctx
+
+
+def _flat_dot(a, b):
+    """Sum of elementwise products over two lists of tensors."""
+    return tf.add_n([tf.reduce_sum(ai * bi) for ai, bi in zip(a, b)])
+
+
+class Closure:
+    """The loss of one batch as a function of the trainable weights, with curvature products.
+
+    Args:
+        model: a built and compiled Keras model (its ``compile(loss=...)`` and its
+            ``add_loss``/regularization terms define the loss).
+        x: the batch's inputs (any nest the model accepts).
+        y: the batch's targets (a nest for multi-output models), or ``None``.
+        sample_weight: per-sample weights (a nest for multi-output models), or ``None``.
+        training: the ``training`` flag passed to the model's ``call`` (default ``True``).
+
+    Attributes:
+        variables: ``model.trainable_variables``, the variables an optimizer updates.
+        params: their values when the closure was built (a list of tensors).
+
+    Example:
+    ```python
+    closure = Closure(model, x, y)
+    g = closure.gradient()                       # global gradient at closure.params
+    gv = closure.ggn_vp(g)                       # Gauss-Newton matrix times g
+    step = -closure.dot(g, g) / closure.dot(g, gv)
+    trial = [p + step * gi for p, gi in zip(closure.params, g)]
+    closure.loss(trial)                          # the batch loss at the trial weights
+    ```
+    """
+
+    def __init__(self, model, x, y=None, sample_weight=None, training=True):
+        if not model.trainable_variables:
+            raise ValueError(
+                f"Closure needs a model with trainable weights; model {model.name!r} has none "
+                "(is it built? call it on a batch first)."
+            )
+        if model._compile_loss is None and not model.losses:
+            raise ValueError(
+                f"Closure needs a loss; model {model.name!r} was compiled without one. Call "
+                "model.compile(loss=...) first."
+            )
+        self.model = model
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.training = training
+        self.variables = list(model.trainable_variables)
+        self.params = [tf.identity(v.value) for v in self.variables]
+        self._frozen = [tf.identity(v.value) for v in model.non_trainable_variables]
+        self._ctx = _replica_context()
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self._unscale = 1.0 if self._ctx is not None else float(replicas)
+
+    # Evaluation at given weights.
+
+    def _params(self, params):
+        return self.params if params is None else list(params)
+
+    def _scope(self, params):
+        mapping = list(zip(self.variables, self._params(params)))
+        mapping += list(zip(self.model.non_trainable_variables, self._frozen))
+        # Metric variables are left out of the mapping: updates a loss makes to its own
+        # trackers stay inside the scope and never reach the real metrics.
+        return StatelessScope(state_mapping=mapping, collect_losses=True)
+
+    def _call(self):
+        if self.model._call_has_training_arg:
+            return self.model(self.x, training=self.training)
+        return self.model(self.x)
+
+    def outputs(self, params=None):
+        """The model's outputs (a nest for multi-output models) on this replica's batch."""
+        with self._scope(params):
+            return self._call()
+
+    def local_loss(self, params=None):
+        """This replica's share of the total loss (see the module docstring).
+
+        Total loss = compiled loss (with sample weights) + ``add_loss`` terms + weight
+        regularizers, exactly what ``keras.Model.compute_loss`` returns.
+        """
+        with self._scope(params):
+            y_pred = self._call()
+            loss = self.model._compute_loss(
+                x=self.x,
+                y=self.y,
+                y_pred=y_pred,
+                sample_weight=self.sample_weight,
+                training=self.training,
+            )
+        return loss * self._unscale
+
+    def loss_from_outputs(self, outputs):
+        """The compiled loss (no ``add_loss``/regularizers) of ``outputs``, this replica's share.
+
+        ``y`` and ``sample_weight`` of the batch are bound; ``outputs`` has the structure of
+        ``outputs(params)``. This is the loss whose output-Hessian enters ``ggn_vp``.
+        """
+        if self.model._compile_loss is None:
+            raise ValueError(
+                "loss_from_outputs needs a compiled loss; call model.compile(loss=...)."
+            )
+        with StatelessScope():  # keep per-output loss trackers untouched
+            loss = self.model._compile_loss(self.y, outputs, self.sample_weight)
+        return loss * self._unscale
+
+    def regularization(self, params=None):
+        """The sum of the weight regularizers' penalties at ``params`` (0 if none).
+
+        These do not depend on the batch, so they are not split across replicas.
+        """
+        params = self._params(params)
+        terms = [
+            tf.cast(v.regularizer(p), p.dtype)
+            for v, p in zip(self.variables, params)
+            if getattr(v, "regularizer", None) is not None
+        ]
+        return tf.add_n(terms) if terms else tf.zeros((), self.params[0].dtype)
+
+    # Global (all-reduced) quantities.
+
+    @property
+    def distributed(self):
+        """Whether the products all-reduce across replicas (inside ``strategy.run``).
+
+        MirroredStrategy implements the all-reduce with ``merge_call``, which TensorFlow
+        does not allow inside ``tf.while_loop``/``tf.cond``: when this is ``True`` an
+        optimizer must call the global functions from straight-line code, e.g. the solvers
+        of ``keras_diffusion.curvature`` with ``unroll=True``.
+        """
+        return self._ctx is not None
+
+    def all_reduce(self, values):
+        """Sum a tensor or a list of tensors over replicas (identity on one replica)."""
+        if self._ctx is None:
+            return values
+        return self._ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+    def dot(self, a, b):
+        """Inner product of two lists of replicated tensors shaped like ``params``."""
+        return _flat_dot(a, b)
+
+    def loss(self, params=None):
+        """The total loss of the global batch at ``params`` (identical on every replica)."""
+        return self.all_reduce(self.local_loss(params))
+
+    def value_and_gradient(self, params=None):
+        """``(loss, gradient)`` of the global batch at ``params``, one backward pass."""
+        params = self._params(params)
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = self.local_loss(params)
+        grads = tape.gradient(loss, params, unconnected_gradients="zero")
+        loss, grads = self.all_reduce([loss, grads])
+        return loss, grads
+
+    def gradient(self, params=None):
+        """The gradient of the global batch loss at ``params`` (a list like ``params``)."""
+        return self.value_and_gradient(params)[1]
+
+    def hvp(self, vectors, params=None, mode="auto"):
+        """Hessian of the total global loss at ``params`` times ``vectors``.
+
+        ``mode`` is that of ``keras_diffusion.curvature.products.hvp``.
+        """
+        local = products.hvp(self.local_loss, self._params(params), vectors, mode=mode)
+        return self.all_reduce(local)
+
+    def loss_hessian(self):
+        """The analytic output Hessian of the compiled loss, or ``None``.
+
+        Available for a single-output model compiled with one matching loss (squared error,
+        or a cross-entropy with ``from_logits=True``; see
+        ``keras_diffusion.curvature.loss_hessians.from_keras_loss``); otherwise ``ggn_vp``
+        differentiates ``loss_from_outputs`` twice instead (exact, PSD if convex).
+        """
+        compile_loss = self.model._compile_loss
+        if compile_loss is None or not compile_loss.built:
+            return None
+        flat = compile_loss._flat_losses
+        if len(flat) != 1 or tf.nest.is_nested(self.y) or tf.nest.is_nested(self.sample_weight):
+            return None
+        _, loss, weight, _ = flat[0]
+        if type(loss) is LossFunctionWrapper:
+            if loss.fn is not keras.losses.mean_squared_error:
+                return None
+            loss = "mean_squared_error"
+        weight = (1.0 if weight is None else weight) * self._unscale
+        try:
+            return loss_hessians.from_keras_loss(loss, self.y, self.sample_weight, weight)
+        except ValueError:  # no analytic form (e.g. a loss on probabilities)
+            return None
+
+    def ggn_vp(self, vectors, params=None):
+        """Generalized Gauss-Newton matrix of the global loss at ``params`` times ``vectors``.
+
+        ``G v = J^T H_L J v + R'' v``: ``J`` is the Jacobian of the model outputs, ``H_L`` the
+        Hessian of the compiled loss in the outputs (analytic for matching output/loss
+        pairs, see ``keras_diffusion.curvature.products.ggn_vp``) and ``R''`` the Hessian of the
+        weight regularizers. ``add_loss`` terms computed in ``call`` are not part of ``G``.
+        """
+        params = self._params(params)
+        local = products.ggn_vp(
+            self.outputs,
+            self.loss_from_outputs,
+            params,
+            vectors,
+            loss_hessian=self.loss_hessian(),
+        )
+        total = self.all_reduce(local)
+        if any(getattr(v, "regularizer", None) is not None for v in self.variables):
+            reg = products.hvp(self.regularization, params, vectors)
+            total = [t + r for t, r in zip(total, reg)]
+        return total

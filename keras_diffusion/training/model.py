@@ -1,0 +1,96 @@
+"""``Model``/``Sequential`` whose ``train_step`` hands closure optimizers a ``Closure``.
+
+With an ordinary Keras optimizer the train step is ``keras.Model.train_step`` itself (same
+numbers, bit for bit). With a ``keras_diffusion.optimizers.ClosureOptimizer`` (Gauss-Newton,
+Hessian-free, ...; Pascanu 2014, thesis Sec. 4.3) it
+
+1. binds the batch in a ``Closure`` (freezing the non-trainable state, see its docstring);
+2. runs the forward pass at the current weights as Keras does: it updates non-trainable
+   state (BatchNorm statistics, seed generators) and the loss tracker, once per step;
+3. calls ``optimizer.minimize_closure(closure)``, which updates the weights;
+4. updates the compiled metrics with the predictions of step 2 (before the update, as Keras)
+   and adds ``rejected_steps`` (updates refused as non-finite, cumulative) to the logs.
+"""
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer
+from keras_diffusion.training.closure import Closure
+
+
+class ClosureTrainingMixin:
+    """Mixin giving a Keras model the closure train step; put it BEFORE ``keras.Model``.
+
+    Example:
+    ```python
+    class MyModel(keras_diffusion.ClosureTrainingMixin, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = MyModel()
+    model.compile(optimizer=keras_diffusion.optimizers.GaussNewton(damping=1e-2), loss="mse")
+    model.fit(x, y)
+    ```
+    """
+
+    def make_closure(self, x, y=None, sample_weight=None):
+        """A ``Closure`` over the batch ``(x, y, sample_weight)`` at the current weights."""
+        return Closure(self, x, y, sample_weight)
+
+    def train_step(self, data):
+        if not isinstance(self.optimizer, ClosureOptimizer):
+            return super().train_step(data)
+        if not all(layer.built for layer in self._flatten_layers()):
+            # A subclassed model traced without a strategy is still unbuilt here; the
+            # closure needs its variables before the first forward pass.
+            self._symbolic_build(data_batch=data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        closure = self.make_closure(x, y, sample_weight)
+        if self._call_has_training_arg:
+            y_pred = self(x, training=True)
+        else:
+            y_pred = self(x)
+        loss = self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss), sample_weight=batch_size
+        )
+        self.optimizer.minimize_closure(closure)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs["rejected_steps"] = tf.cast(self.optimizer.rejected_steps.value, "float32")
+        return logs
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class Model(ClosureTrainingMixin, keras.Model):
+    """``keras.Model`` (functional or subclassed) with the closure train step.
+
+    Identical to ``keras.Model`` with ordinary optimizers; see ``ClosureTrainingMixin``.
+
+    Example:
+    ```python
+    inputs = keras.Input((3,))
+    model = keras_diffusion.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras_diffusion.optimizers.GaussNewton(), loss="mse")
+    ```
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class Sequential(ClosureTrainingMixin, keras.Sequential):
+    """``keras.Sequential`` with the closure train step (see ``ClosureTrainingMixin``).
+
+    Example:
+    ```python
+    model = keras_diffusion.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras_diffusion.optimizers.GaussNewton(), loss="mse")
+    ```
+    """

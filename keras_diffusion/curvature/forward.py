@@ -26,6 +26,8 @@ import weakref
 import keras
 import tensorflow as tf
 
+from keras_diffusion.curvature import linear_operator as lo
+
 MODES = ("auto", "forward", "double_backward")
 
 # Functions whose forward-mode product failed once; "auto" skips forward mode for them.
@@ -99,18 +101,7 @@ def as_list(tensors, name):
         items = list(tensors)
     else:
         items = [tensors]
-    return [_value(t, name, i) for i, t in enumerate(items)]
-
-
-def _value(t, name, i):
-    if isinstance(t, keras.Variable):
-        return t.value
-    if isinstance(t, tf.Variable):
-        return tf.convert_to_tensor(t)
-    try:
-        return tf.convert_to_tensor(t)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name}[{i}] must be a tensor; received {t!r}.") from e
+    return [lo.to_tensor(t, f"{name}[{i}]") for i, t in enumerate(items)]
 
 
 def check_vectors(params, vectors, name="vectors"):

@@ -19,6 +19,7 @@ flatten(xs).shape           # [10]
 import math
 import numbers
 
+import keras
 import tensorflow as tf
 
 
@@ -34,7 +35,17 @@ def as_vector(vectors, name):
             f"`{name}` must be a non-empty list of tensors (one per weight block), got "
             f"{type(vectors).__name__}. Wrap a single tensor as `[{name}]`."
         )
-    return [tf.convert_to_tensor(getattr(v, "value", v)) for v in vectors]
+    return [to_tensor(v, f"{name}[{i}]") for i, v in enumerate(vectors)]
+
+
+def to_tensor(value, name):
+    """``value`` as a tensor: Keras variables through their ``tf.Variable``, which is read."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    try:
+        return tf.convert_to_tensor(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a tensor; received {value!r}.") from e
 
 
 def check_positive_int(name, value):

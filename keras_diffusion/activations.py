@@ -161,6 +161,65 @@ def _standardize(x, s):
     return tf.where(inside, x_safe / s_safe, _FAR * tf.sign(x))
 
 
+# --- fast closed forms of erf, tanh and sigmoid ------------------------------------------
+
+
+def _squashed_second(e, spread):
+    """``e^2 + (1 - e^2) spread = spread + (1 - spread) e^2`` (erf, tanh)."""
+    return spread + (1.0 - spread) * tf.square(e)
+
+
+def _sigmoid_second(e, spread):
+    """``e^2 + e (1 - e) spread``."""
+    return tf.square(e) + e * (1.0 - e) * spread
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledMoments:
+    """``method="fast"`` moments that are ``g`` of ``x`` times scalars of ``s`` (erf, tanh, sigmoid).
+
+    ``mean = g(x / w(s))`` and ``second = second_of(e, spread(s))`` with ``e = g(x / w2(s))``
+    (``e = mean`` when ``second_c`` is ``None``), ``w(s) = sqrt(1 + mean_c s^2)``, ``w2(s) =
+    sqrt(1 + second_c s^2)``, ``spread(s) = 1 - 1 / sqrt(1 + c s^2)`` with ``c = second_c`` or
+    ``mean_c`` (formulas in the module docstring). :meth:`parts` exposes the scalars, so that a
+    caller evaluating many ``x`` at one ``s`` (an RNN's time loop) computes them once.
+
+    Attributes:
+        function: ``g``.
+        mean_c, second_c: the constants of ``w`` and ``w2`` (``second_c`` may be ``None``).
+        second_of: ``(e, spread) -> second``.
+    """
+
+    function: Callable
+    mean_c: float
+    second_c: float
+    second_of: Callable
+
+    def mean_width(self, s):
+        """``w(s)`` for a scalar tensor ``s``."""
+        return tf.sqrt(1.0 + self.mean_c * tf.square(s))
+
+    def parts(self, s):
+        """``(w(s), w2(s) or None, spread(s))`` for a scalar tensor ``s``."""
+        second_width = None if self.second_c is None else tf.sqrt(1.0 + self.second_c * tf.square(s))
+        spread = _one_minus_inverse_sqrt(self.mean_c if self.second_c is None else self.second_c, s)
+        return self.mean_width(s), second_width, spread
+
+    def mean(self, x, s):
+        return self.function(x / self.mean_width(s))
+
+    def moments(self, x, s):
+        mean_width, second_width, spread = self.parts(s)
+        mean = self.function(x / mean_width)
+        e = mean if second_width is None else self.function(x / second_width)
+        return mean, self.second_of(e, spread)
+
+
+_ERF_FAST = ScaledMoments(tf.math.erf, 2.0, 8.0 / math.pi, _squashed_second)
+_TANH_FAST = ScaledMoments(tf.tanh, math.pi / 2.0, None, _squashed_second)
+_SIGMOID_FAST = ScaledMoments(tf.sigmoid, math.pi / 8.0, None, _sigmoid_second)
+
+
 # --- exact forms -------------------------------------------------------------------------
 
 
@@ -194,19 +253,8 @@ def _sign_moments(x, s):
     return _sign_mean(x, s), second
 
 
-def _erf_width(s):
-    return tf.sqrt(1.0 + 2.0 * tf.square(s))
-
-
 def _erf_mean(x, s):
-    return tf.math.erf(x / _erf_width(s))
-
-
-def _erf_moments_fast(x, s):
-    mean = _erf_mean(x, s)
-    e = tf.math.erf(x / tf.sqrt(1.0 + (8.0 / math.pi) * tf.square(s)))
-    spread = _one_minus_inverse_sqrt(8.0 / math.pi, s)
-    return mean, tf.square(e) + (1.0 - tf.square(e)) * spread
+    return _ERF_FAST.mean(x, s)
 
 
 def _erf_moments_accurate(x, s):
@@ -223,33 +271,6 @@ def _erf_moments_accurate(x, s):
 
 
 # --- tanh and sigmoid --------------------------------------------------------------------
-
-
-def _tanh_width(s):
-    return tf.sqrt(1.0 + (math.pi / 2.0) * tf.square(s))
-
-
-def _tanh_mean_fast(x, s):
-    return tf.tanh(x / _tanh_width(s))
-
-
-def _tanh_moments_fast(x, s):
-    mean = _tanh_mean_fast(x, s)
-    return mean, tf.square(mean) + (1.0 - tf.square(mean)) * _one_minus_inverse_sqrt(math.pi / 2.0, s)
-
-
-def _sigmoid_width(s):
-    return tf.sqrt(1.0 + (math.pi / 8.0) * tf.square(s))
-
-
-def _sigmoid_mean_fast(x, s):
-    return tf.sigmoid(x / _sigmoid_width(s))
-
-
-def _sigmoid_moments_fast(x, s):
-    mean = _sigmoid_mean_fast(x, s)
-    spread = _one_minus_inverse_sqrt(math.pi / 8.0, s)
-    return mean, tf.square(mean) + mean * (1.0 - mean) * spread
 
 
 def _gauss_hermite_moments(h, x, s):
@@ -311,9 +332,8 @@ class DiffusedFunction:
         fast_error: measured worst-case absolute error of ``method="fast"`` for (mean, second
             moment), ``0.0`` where exact (grid in the module docstring).
         accurate_error: the same for ``method="accurate"``.
-        fast_mean_width: ``None``, or ``w`` with ``fast_mean(x, s) == function(x / w(s))`` (a
-            scalar function of ``s``; erf, tanh, sigmoid). Lets a caller fold the diffusion
-            into a linear map before ``function``, e.g. the recurrent matrix of an RNN.
+        fast_scaled: the :class:`ScaledMoments` behind ``fast_mean``/``fast_moments`` (erf,
+            tanh, sigmoid), else ``None``.
     """
 
     name: str
@@ -325,7 +345,7 @@ class DiffusedFunction:
     fast_moments: Callable = dataclasses.field(repr=False)
     accurate_mean: Callable = dataclasses.field(repr=False)
     accurate_moments: Callable = dataclasses.field(repr=False)
-    fast_mean_width: Callable = dataclasses.field(default=None, repr=False)
+    fast_scaled: ScaledMoments = dataclasses.field(default=None, repr=False)
 
     def __call__(self, x, slope=1.0):
         """The undiffused ``h(x) = g(slope x)``."""
@@ -344,17 +364,17 @@ _REGISTRY = {
         _exact("sign", tf.sign, _sign_mean, _sign_moments),
         DiffusedFunction(
             "erf", tf.math.erf, (True, False), (0.0, 4.7e-3), (0.0, 1e-14),
-            _erf_mean, _erf_moments_fast, _erf_mean, _erf_moments_accurate, _erf_width,
+            _ERF_FAST.mean, _ERF_FAST.moments, _erf_mean, _erf_moments_accurate, _ERF_FAST,
         ),
         DiffusedFunction(
             "tanh", tf.tanh, (False, False), (3.54e-2, 2.4e-2), (3e-10, 3e-9),
-            _tanh_mean_fast, _tanh_moments_fast, _first(_tanh_moments_accurate), _tanh_moments_accurate,
-            _tanh_width,
+            _TANH_FAST.mean, _TANH_FAST.moments, _first(_tanh_moments_accurate),
+            _tanh_moments_accurate, _TANH_FAST,
         ),
         DiffusedFunction(
             "sigmoid", tf.sigmoid, (False, False), (1.77e-2, 1.77e-2), (1e-10, 1e-9),
-            _sigmoid_mean_fast, _sigmoid_moments_fast, _first(_sigmoid_moments_accurate),
-            _sigmoid_moments_accurate, _sigmoid_width,
+            _SIGMOID_FAST.mean, _SIGMOID_FAST.moments, _first(_sigmoid_moments_accurate),
+            _sigmoid_moments_accurate, _SIGMOID_FAST,
         ),
     )
 }

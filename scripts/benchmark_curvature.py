@@ -23,13 +23,18 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["mlp", "lenet5", "rnn_unrolled", "rnn_loop"], "Networks to time.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of the feed-forward nets.", lower_bound=1)
-flags.DEFINE_integer("rnn_batch_size", 32, "Batch size of the recurrent nets.", lower_bound=1)
-flags.DEFINE_integer("repeats", 20, "Timed calls per product (median reported).", lower_bound=1)
-flags.DEFINE_bool("jax", True, "Also time the JAX twins (needs `pip install jax`).")
-flags.DEFINE_bool("quick", False, "Tiny networks and few repeats (a smoke run).")
-flags.DEFINE_string("csv", None, "Optional path to write the table as CSV.")
+
+
+def define_flags():
+    """Defines the flags; called only when this file runs as a script (imports define none)."""
+    flags.DEFINE_list("models", ["mlp", "lenet5", "rnn_unrolled", "rnn_loop"], "Networks to time.")
+    flags.DEFINE_integer("batch_size", 128, "Batch size of the feed-forward nets.", lower_bound=1)
+    flags.DEFINE_integer("rnn_batch_size", 32, "Batch size of the recurrent nets.", lower_bound=1)
+    flags.DEFINE_integer("repeats", 20, "Timed calls per product (median reported).", lower_bound=1)
+    flags.DEFINE_bool("jax", True, "Also time the JAX twins (needs `pip install jax`).")
+    flags.DEFINE_bool("quick", False, "Tiny networks and few repeats (a smoke run).")
+    flags.DEFINE_string("csv", None, "Optional path to write the table as CSV.")
+
 
 PRODUCTS = ("gradient", "jvp", "vjp", "ggn_vp", "hvp")
 
@@ -236,4 +241,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -42,6 +42,10 @@ def smoothed(name, x, sigma):
         u = x / sigma
         cdf, pdf = stats.norm.cdf(u), stats.norm.pdf(u)
         return x * cdf + sigma * pdf, (x**2 + sigma**2) * cdf + x * sigma * pdf
+    if name in ("erf", "tanh"):  # the library's fast moments (checked against quadrature
+        # in test_activations.py), so the recurrence and its gradient are what is tested here
+        mean, second = kd.activations.diffused_moments(name, np.asarray(x, "float64"), sigma)
+        return mean.numpy(), second.numpy()
     raise ValueError(name)
 
 
@@ -162,6 +166,40 @@ def test_cost_matches_a_numpy_transcription_of_section_4_3(hidden, output, every
     model = build(w, hidden, output, sigma, lam, every_step)
     expected = numpy_cost(w, x, y, hidden, output, sigma, lam, every_step)
     np.testing.assert_allclose(keras_cost(model, x, y), expected, rtol=2e-5)
+
+
+@pytest.mark.parametrize("hidden", ["erf", "tanh"])
+def test_compiled_recurrence_cost_and_gradient_match_the_numpy_cost(hidden):
+    """erf/tanh run the XLA-compiled recurrence with a hand-written backward pass: its cost
+    must match the transcription and its gradient central differences of that transcription."""
+    rng = np.random.default_rng(11)
+    w, (x, y) = random_weights(rng, scale=0.6), data(rng, True)
+    sigma, lam = 0.6, 0.3
+    model = build(w, hidden, "linear", sigma, lam, every_step=True)
+    expected = numpy_cost(w, x, y, hidden, "linear", sigma, lam, True)
+    np.testing.assert_allclose(keras_cost(model, x, y), expected, rtol=2e-5)
+
+    names = ["U", "V", "a", "m0", "W", "b"]
+    xs, ys = tf.constant(x, "float32"), tf.constant(y, "float32")
+    with tf.GradientTape() as tape:
+        cost = SequenceSquaredError()(ys, model(xs, training=True)) + tf.add_n(model.losses)
+    variables = [model.layers[1].cell.kernel, model.layers[1].cell.recurrent_kernel,
+                 model.layers[1].cell.bias, model.layers[1].cell.initial_state,
+                 model.layers[2].kernel, model.layers[2].bias]
+    grads = tape.gradient(cost, variables)
+    eps = 1e-6
+    for name, grad in zip(names, grads):
+        numeric = np.zeros_like(w[name])
+        for index in np.ndindex(w[name].shape):
+            plus, minus = dict(w), dict(w)
+            plus[name], minus[name] = w[name].copy(), w[name].copy()
+            plus[name][index] += eps
+            minus[name][index] -= eps
+            numeric[index] = (
+                numpy_cost(plus, x, y, hidden, "linear", sigma, lam, True)
+                - numpy_cost(minus, x, y, hidden, "linear", sigma, lam, True)
+            ) / (2 * eps)
+        np.testing.assert_allclose(grad.numpy(), numeric, rtol=2e-3, atol=2e-4, err_msg=name)
 
 
 # -------------------------------------------------------------- footnotes 6 and 7 (App. A)

@@ -47,8 +47,8 @@ def _train(strategy, init, x, y, w):
     return model, history.history
 
 
-def test_two_replicas_match_one_device_on_the_same_global_batch():
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_two_replicas_match_one_device_on_the_same_global_batch(mirrored_strategy):
+    mirrored = mirrored_strategy
     assert mirrored.num_replicas_in_sync == 2
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 3)).astype("float32")

@@ -94,8 +94,8 @@ def test_logit_kind_names(kind, keras_kind):
     np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
-def test_replica_scaling_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_replica_scaling_under_mirrored_strategy(mirrored_strategy):
+    strategy = mirrored_strategy
     outputs = tf.constant(np.random.default_rng(3).normal(size=(4, 3)))
     labels = tf.constant([0, 1, 2, 0])
     loss = LOSSES["sparse"]()

@@ -156,11 +156,11 @@ def test_train_step_adds_weighted_omega_gradient(weight, jit):
                                    atol=1e-5)
 
 
-def test_mirrored_strategy_step_equals_single_device_step():
+def test_mirrored_strategy_step_equals_single_device_step(mirrored_strategy):
     _, _, p = _tiny_model()
     values = [p["U"], p["R"], p["b"], p["V"], p["c"]]
     results = []
-    for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy()):
+    for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
         with strategy.scope():
             model, layer, _ = _tiny_model()
             for var, value in zip(model.trainable_variables, values):
@@ -170,7 +170,7 @@ def test_mirrored_strategy_step_equals_single_device_step():
         logs = wrapped.train_on_batch(X.astype("float32"), Y.astype("float32"),
                                       return_dict=True)
         results.append(([np.asarray(v) for v in model.trainable_variables], logs["loss"]))
-    assert tf.distribute.MirroredStrategy().num_replicas_in_sync == 2
+    assert mirrored_strategy.num_replicas_in_sync == 2
     for a, b in zip(results[0][0], results[1][0]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)

@@ -226,10 +226,10 @@ def test_mismatched_structures_raise():
         solvers.cg_save_schedule(10, gamma=1.0)
 
 
-def test_two_replica_products_give_the_single_device_solution():
+def test_two_replica_products_give_the_single_device_solution(mirrored_strategy):
     # Each replica holds half of the curvature (A = A_0 + A_1, as for a split batch); the
     # solvers run in cross-replica context on the replica-summed product.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     halves = np.stack([_symmetric(np.linspace(0.5, 4.0, N), 13),
                        _symmetric(np.linspace(-0.4, 3.0, N), 14)])
     b = _blocks(np.random.default_rng(15).normal(size=N))
@@ -410,10 +410,10 @@ def test_unrolled_minres_equals_looped():
                                rtol=1e-8, atol=1e-8)
 
 
-def test_unrolled_solvers_run_with_all_reduces_in_replica_context():
+def test_unrolled_solvers_run_with_all_reduces_in_replica_context(mirrored_strategy):
     # Inside strategy.run (as in a train step) each replica all-reduces its half of the
     # product: TensorFlow rejects that inside tf.while_loop, the unrolled solvers run it.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     halves = np.stack([_symmetric(np.linspace(0.5, 4.0, N), 13),
                        _symmetric(np.linspace(-0.4, 3.0, N), 14)])
     b = _blocks(np.random.default_rng(15).normal(size=N))

@@ -193,10 +193,10 @@ def test_bad_arguments_raise():
         spectra.spectral_density([1.0], [1.0], [0.0], sigma=0.0)
 
 
-def test_two_replica_products_give_the_single_device_spectra():
+def test_two_replica_products_give_the_single_device_spectra(mirrored_strategy):
     # Each replica holds half of the curvature (A = A_0 + A_1, as for a split batch); the
     # estimators run in cross-replica context on the replica-summed product.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     halves = tf.constant(np.stack([INDEFINITE, _symmetric(np.linspace(-1.0, 2.0, N), 10)]))
 
     def local_product(v):
@@ -277,10 +277,10 @@ def test_unrolled_spectra_equal_looped():
     assert smallest.eigenvalue.dtype == tf.float64 and trace.samples.shape == [3]
 
 
-def test_unrolled_spectra_run_with_all_reduces_in_replica_context():
+def test_unrolled_spectra_run_with_all_reduces_in_replica_context(mirrored_strategy):
     # Inside strategy.run (as in a train step) each replica all-reduces its half of the
     # product: TensorFlow rejects that inside tf.while_loop/tf.cond, unrolled loops run it.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     halves = np.stack([INDEFINITE, _symmetric(np.linspace(-1.0, 2.0, N), 10)])
     stacked = tf.constant(halves)
 

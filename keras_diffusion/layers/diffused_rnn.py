@@ -39,8 +39,10 @@ Monte Carlo with that difference made explicit.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 from keras.src import backend as keras_backend  # the time loop of keras.layers.RNN
+from tensorflow.python.eager import record  # could_possibly_record: is a tape watching?
 
 from keras_diffusion import activations as activations_lib
 from keras_diffusion import bandwidth as bandwidth_lib
@@ -90,6 +92,143 @@ def smoothing_penalty_from_sums(sum_of_squares, sum_of_seconds, kernel, sigma):
     column_norms = ops.sum(ops.square(kernel), axis=1)
     rows = ops.square(sigma) * ops.cast(ops.shape(kernel)[1], sum_of_squares.dtype)
     return ops.matmul(sum_of_seconds, column_norms) + ops.matmul(sum_of_squares, rows - column_norms)
+
+
+def loop_parameters(cell, sigma):
+    """``(scaled, c, ratio, spread)`` where the time loop can run on ``u = c m``, else ``None``.
+
+    For ``method="fast"`` erf, tanh and sigmoid (``activations.ScaledMoments``), ``h~(m) = g(c
+    m)`` with the scalar ``c = slope / w(slope sigma)``: the recurrence in ``u = c m`` is ``u_t =
+    c (U x_t + a) + g(u_{t-1}) (c V)``, a plain RNN step, and ``h~2(m)`` needs ``g(ratio u)``
+    (``ratio = w / w2``, 1 where ``h~2`` uses the mean itself) and ``spread``. These scalars
+    depend on sigma only and are computed here, once per call. ``None`` for the other
+    activations, ``method="accurate"`` and half-precision ``sigma`` (which ``activations``
+    evaluates in float32). ``sigma`` is a checked scalar tensor (``activations.checked_sigma``).
+    """
+    scaled = activations_lib.get(cell.activation).fast_scaled if cell.method == "fast" else None
+    if scaled is None or sigma.dtype not in ("float32", "float64"):
+        return None
+    mean_width, second_width, spread = scaled.parts(cell.slope * sigma)
+    ratio = ops.ones_like(mean_width) if second_width is None else mean_width / second_width
+    return scaled, cell.slope / mean_width, ratio, spread
+
+
+def scaled_moments(scaled, state, ratio, spread):
+    """``(h~(m), h~2(m), h~(m)^2)`` at ``state = u = c m`` (see :func:`loop_parameters`)."""
+    mean = scaled.function(state)
+    square = ops.square(mean)
+    e = mean if scaled.second_c is None else scaled.function(state * ratio)
+    return mean, ops.maximum(scaled.second_of(e, spread), square), square
+
+
+_SUMS = {}
+
+
+def scaled_sums(scaled):
+    """``(first, states, ratio, spread) -> (sum_t h~2, sum_t h~^2)`` over ``u_0 .. u_{T-1}``.
+
+    ``first`` is ``u_0``, ``states`` the time-major ``u_1 .. u_T`` of :func:`scaled_recurrence`
+    (the last one is left out inside the compiled function: no copies of the sequence).
+
+    The value and its vector-Jacobian product are each one XLA-compiled function (a few fused
+    kernels instead of one per elementwise op, also in a model that is not ``jit_compile``d).
+    Cached per activation.
+    """
+    if scaled in _SUMS:
+        return _SUMS[scaled]
+
+    def value(first, states, ratio, spread):
+        _, second, square = scaled_moments(scaled, states[:-1], ratio, spread)
+        _, first_second, first_square = scaled_moments(scaled, first, ratio, spread)
+        return first_second + tf.reduce_sum(second, axis=0), first_square + tf.reduce_sum(square, axis=0)
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def vector_jacobian(first, states, ratio, spread, upstream_second, upstream_square):
+        with tf.GradientTape() as tape:
+            tape.watch([first, states, ratio, spread])
+            sums = value(first, states, ratio, spread)
+        return tape.gradient(
+            sums, [first, states, ratio, spread], output_gradients=[upstream_second, upstream_square],
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+
+    compiled_value = tf.function(value, jit_compile=True, reduce_retracing=True)
+
+    @tf.custom_gradient
+    def sums(first, states, ratio, spread):
+        inputs = (first, states, ratio, spread)
+        # stop_gradient: tapes differentiate through vector_jacobian, not the compiled value
+        result = compiled_value(*(tf.stop_gradient(x) for x in inputs))
+        return result, lambda *upstream: vector_jacobian(*inputs, *upstream)
+
+    _SUMS[scaled] = sums
+    return sums
+
+
+_RECURRENCES = {}
+
+
+def scaled_recurrence(function):
+    """``u_t = p_t + g(u_{t-1}) K``, ``t = 1..T``: the recurrence in ``u = c m`` (:func:`loop_parameters`).
+
+    Returns ``recurrence(p, u_0, K) -> (u_1, ..., u_T)`` for time-major ``p`` of shape ``(T,
+    batch, H)``, ``g = function`` elementwise. The forward loop and a hand-written
+    backpropagation through time (``delta_t = du_t + (delta_{t+1} K^T) g'(u_t)``, ``dK = sum_t
+    g(u_{t-1})^T delta_t``, that one matmul outside XLA) are each one XLA-compiled function,
+    also inside a model that is not ``jit_compile``d: without XLA every elementwise op of a step
+    is a separate kernel over only ``batch x H`` numbers. Where a tape records the gradient
+    (second derivatives), the gradient is that of the plain TF loop instead. Cached per
+    ``function``.
+    """
+    if function in _RECURRENCES:
+        return _RECURRENCES[function]
+
+    def loop(inputs, first, kernel):
+        return tf.scan(lambda state, projected: projected + tf.matmul(function(state), kernel), inputs, first)
+
+    forward = tf.function(loop, jit_compile=True, reduce_retracing=True)
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def backward(upstream, first, states, kernel):
+        every = tf.concat([first[None], states], axis=0)  # u_0 .. u_T
+        with tf.GradientTape() as tape:
+            tape.watch(every)
+            hidden = function(every)
+        derivative = tape.gradient(hidden, every)  # g'(u), g elementwise
+        delta = tf.scan(
+            lambda later, step: step[0] + tf.matmul(later, kernel, transpose_b=True) * step[1],
+            (upstream, derivative[1:]),
+            tf.zeros_like(first),
+            reverse=True,
+        )
+        first_grad = tf.matmul(delta[0], kernel, transpose_b=True) * derivative[0]
+        return delta, first_grad, hidden[:-1]
+
+    @tf.custom_gradient
+    def recurrence(inputs, first, kernel):
+        # stop_gradient: tapes must not record (and differentiate) the compiled forward loop
+        states = forward(*(tf.stop_gradient(x) for x in (inputs, first, kernel)))
+
+        def gradient(upstream):
+            if record.could_possibly_record():
+                # A tape differentiates this gradient (e.g. Hessian-vector products): XLA-compiled
+                # loops cannot be differentiated twice, so take the plain TF loop's gradient.
+                with tf.GradientTape() as tape:
+                    tape.watch([inputs, first, kernel])
+                    again = loop(inputs, first, kernel)
+                return tape.gradient(again, [inputs, first, kernel], output_gradients=upstream)
+            delta, first_grad, previous = backward(upstream, first, states, kernel)
+            # dK = sum_t g(u_{t-1})^T delta_t: one large matmul, faster outside XLA on CPU
+            units = tf.shape(kernel)[0]
+            kernel_grad = tf.matmul(
+                tf.reshape(previous, (-1, units)), tf.reshape(delta, (-1, units)), transpose_a=True
+            )
+            return delta, first_grad, kernel_grad
+
+        return states, gradient
+
+    _RECURRENCES[function] = recurrence
+    return recurrence
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -250,12 +389,15 @@ class DiffusedRNN(keras.layers.Layer):
 
         lam sum_{t=0}^{T-1} [ sum_j ||V_:,j||^2 (h~2(m_t) - h~(m_t)^2)_j + sigma^2 H ||h~(m_t)||^2 ].
 
-    The input projection ``U x_t + a`` is computed for all steps at once before the loop. The
-    loop body computes ``h~(m_{t-1})`` and ``h~2(m_{t-1})`` together (one
-    ``diffused_moments`` call), the matmul with ``V`` and two running sums over time of
-    ``h~2(m)`` and ``h~(m)^2``; term (3) is linear in these sums, so it is formed once after the
-    loop (no per-step reduction, no stored sequence when ``return_sequences=False``). The
-    layer returns the
+    The input projection ``U x_t + a`` is computed for all steps at once before the loop, and
+    sigma is checked once per call. For ``method="fast"`` erf, tanh and sigmoid (float32/64) the
+    recurrence runs on ``u_t = c m_t``, with the scalar ``c`` of ``h~(m) = g(c m)`` folded into
+    the projection and ``V`` (:func:`loop_parameters`), as one op whose forward loop and
+    hand-written backpropagation through time are XLA-compiled (:func:`scaled_recurrence`);
+    term (3) is then formed from the stored ``u_0 .. u_{T-1}`` by one compiled reduction
+    (:func:`scaled_sums`). Otherwise (other activations, ``method="accurate"``, ``unroll=True``)
+    the Keras RNN time loop runs on ``m`` and, with ``penalty > 0``, keeps two running sums
+    over time of ``h~2(m)`` and ``h~(m)^2``; term (3) is linear in them. The layer returns the
     componentwise ``(mean, second_moment)`` of ``h(m_t)`` under the smoothing, ``h~(m_t)`` and
     ``h~2(m_t)``, the input of :class:`DiffusedOutput`.
 
@@ -318,50 +460,71 @@ class DiffusedRNN(keras.layers.Layer):
             first = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
         first = ops.cast(first, sequences.dtype)
         penalized = cell.penalty > 0
-        every_state = penalized or self.return_sequences
-
-        function = activations_lib.get(cell.activation)
-        width = function.fast_mean_width if cell.method == "fast" else None
-        if width is None:
-            scale, recurrent_kernel = None, cell.recurrent_kernel
-            step_inputs, step_first = cell.project(sequences), first
+        parameters = loop_parameters(cell, sigma)
+        if parameters is None:
+            scale, recurrent_kernel, step_inputs, step_first = None, cell.recurrent_kernel, cell.project(sequences), first
 
             def hidden_mean(state):
                 return cell.hidden_mean(state, sigma)
 
+            def hidden_moments(state):
+                mean, second = cell.hidden_moments(state, sigma)
+                return mean, second, ops.square(mean)
+
         else:
-            # h~(m) = g(c m), c = slope / width(slope sigma): run the loop on u = c m, so that a
-            # step is u_t = c (U x_t + a) + g(u_{t-1}) (c V), as cheap as a plain RNN step.
-            scale = cell.slope / width(cell.slope * sigma)
+            scaled, scale, ratio, spread = parameters
             recurrent_kernel = cell.recurrent_kernel * scale
             step_inputs, step_first = cell.project(sequences) * scale, first * scale
-            hidden_mean = function.function
+            hidden_mean = scaled.function
+
+            def hidden_moments(state):
+                return scaled_moments(scaled, state, ratio, spread)
+
+        if parameters is not None and not self.unroll:
+            # The recurrence as one compiled op, term (3) from the stored u_0 .. u_{T-1}.
+            inputs = ops.transpose(step_inputs, (1, 0, 2))  # time-major
+            if self.go_backwards:
+                inputs = ops.flip(inputs, axis=0)
+            states = scaled_recurrence(scaled.function)(inputs, step_first, recurrent_kernel)
+            last = states[-1] / scale
+            if penalized:
+                sum_second, sum_square = scaled_sums(scaled)(step_first, states, ratio, spread)
+                penalty = smoothing_penalty_from_sums(sum_square, sum_second, cell.recurrent_kernel, sigma)
+                self.add_loss(cell.penalty * ops.mean(penalty))
+            if self.return_sequences:
+                outputs = cell.hidden_moments(ops.transpose(states, (1, 0, 2)) / scale, sigma)
+            else:
+                outputs = cell.hidden_moments(last, sigma)
+            return (outputs, last) if self.return_state else outputs
 
         def step(projected, states):
-            state = projected + ops.matmul(hidden_mean(states[0]), recurrent_kernel)
-            return state, [state]
+            if not penalized:
+                state = projected + ops.matmul(hidden_mean(states[0]), recurrent_kernel)
+                return state, [state]
+            hidden, second, square = hidden_moments(states[0])
+            state = projected + ops.matmul(hidden, recurrent_kernel)
+            # running sums over m_0 .. m_{T-1} of h~2(m) and h~(m)^2 for term (3)
+            return state, [state, states[1] + second, states[2] + square]
 
+        initial = [step_first, ops.zeros_like(first), ops.zeros_like(first)] if penalized else [step_first]
         _, states, final = keras_backend.rnn(
             step,
             step_inputs,
-            [step_first],
+            initial,
             go_backwards=self.go_backwards,
             unroll=self.unroll,
             input_length=sequences.shape[1],
-            return_all_outputs=every_state,
+            return_all_outputs=self.return_sequences,
         )
-        if scale is not None:
-            states = states / scale
-        last = states[:, -1] if every_state else final[0] / scale if scale is not None else final[0]
-        if not penalized:
-            outputs = cell.hidden_moments(states if self.return_sequences else last, sigma)
-        else:
-            # m_0 .. m_T at once: term (3) needs the moments of m_0 .. m_{T-1}, the output those
-            # of m_1 .. m_T (or m_T).
-            mean, second = cell.hidden_moments(ops.concatenate([first[:, None], states], axis=1), sigma)
-            penalty = smoothing_penalty(mean[:, :-1], second[:, :-1], cell.recurrent_kernel, sigma)
+        last = final[0] if scale is None else final[0] / scale
+        if penalized:
+            # term (3) is linear in the time sums: sum_j c_j S2_j + (sigma^2 H - c_j) S1_j
+            penalty = smoothing_penalty_from_sums(final[2], final[1], cell.recurrent_kernel, sigma)
             self.add_loss(cell.penalty * ops.mean(penalty))
-            outputs = (mean[:, 1:], second[:, 1:]) if self.return_sequences else (mean[:, -1], second[:, -1])
+        if self.return_sequences:
+            outputs = cell.hidden_moments(states if scale is None else states / scale, sigma)
+        else:
+            outputs = cell.hidden_moments(last, sigma)
         if self.return_state:
             return outputs, last
         return outputs

@@ -1,20 +1,45 @@
-"""keras_diffusion: training hard-to-train networks by diffusion and by curvature, in Keras."""
+"""keras_diffusion: training hard-to-train networks by diffusion and by curvature, in Keras.
+
+Submodules: ``activations`` (diffused activation functions), ``layers``, ``losses``,
+``callbacks`` (sigma schedules), ``optimizers``, ``curvature`` (products, spectra, solvers),
+``regularizers`` (Omega), ``initializers``.
+"""
 
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# isort: off  (the backend must be chosen before Keras is imported)
+from keras_diffusion import activations  # noqa: E402
+from keras_diffusion import callbacks  # noqa: E402
+from keras_diffusion import curvature  # noqa: E402
+from keras_diffusion import initializers  # noqa: E402
+from keras_diffusion import layers  # noqa: E402
+from keras_diffusion import losses  # noqa: E402
+from keras_diffusion import optimizers  # noqa: E402
+from keras_diffusion import regularizers  # noqa: E402
 from keras_diffusion.bandwidth import Bandwidth, bandwidths, get_sigma, set_sigma  # noqa: E402
 from keras_diffusion.monitors import CurvatureMonitor  # noqa: E402
-from keras_diffusion.training import (  # noqa: E402
-    Closure,
-    ClosureTrainingMixin,
-    Model,
-    Sequential,
-)
+from keras_diffusion.training import Closure, ClosureTrainingMixin, Model, Sequential  # noqa: E402
 
 __version__ = "0.1.0"
-from keras_diffusion import callbacks  # noqa: E402,F401
-from keras_diffusion import initializers, regularizers  # noqa: E402,F401
-from keras_diffusion import activations  # noqa: E402,F401
-from keras_diffusion import layers, losses  # noqa: E402,F401
+
+__all__ = [
+    "Bandwidth",
+    "Closure",
+    "ClosureTrainingMixin",
+    "CurvatureMonitor",
+    "Model",
+    "Sequential",
+    "activations",
+    "bandwidths",
+    "callbacks",
+    "curvature",
+    "get_sigma",
+    "initializers",
+    "layers",
+    "losses",
+    "optimizers",
+    "regularizers",
+    "set_sigma",
+]

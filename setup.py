@@ -17,13 +17,11 @@ setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.10",
         "numpy",
-        "scipy",
         "absl-py",
         "matplotlib",
     ],
     extras_require={
-        "datasets": ["tensorflow-datasets", "scikit-learn"],
-        "tests": ["pytest", "pytest-xdist", "scikit-learn", "tensorflow-datasets", "jax"],
-        "benchmarks": ["jax", "jaxlib"],
+        "tests": ["pytest", "pytest-xdist", "scipy", "jax"],
+        "benchmarks": ["jax"],
     },
 )

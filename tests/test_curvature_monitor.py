@@ -68,3 +68,30 @@ def test_monitor_every_and_arguments():
         kd.CurvatureMonitor((x, y), hutchinson_probes=1)
     with pytest.raises(ValueError, match="every"):
         kd.CurvatureMonitor((x, y), every=0)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_monitor_on_mixed_precision_model_gives_float32_numbers(policy):
+    reference, x, y, w = _setup()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed, _, _, _ = _setup()  # same seed: same weights, half-precision compute
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.layers[0].compute_dtype != "float32"
+    numbers = []
+    for model in (mixed, reference):
+        monitor = kd.CurvatureMonitor(
+            (x, y, w), matrices=("hessian", "ggn"), lanczos_steps=50, hutchinson_probes=4
+        )
+        monitor.set_model(model)
+        numbers.append(monitor.measure())
+    assert numbers[0].keys() == numbers[1].keys()
+    for key in numbers[1]:
+        np.testing.assert_allclose(numbers[0][key], numbers[1][key], rtol=1e-5, err_msg=key)
+    W, b = (v.numpy() for v in mixed.trainable_weights)
+    _, _, _, _, ggn, hessian = terms(W, b, x, y, w, L2)
+    for name, matrix in (("hessian", hessian), ("ggn", ggn)):
+        eigs = np.linalg.eigvalsh(matrix)
+        np.testing.assert_allclose(numbers[0][f"curvature/{name}_max"], eigs[-1], rtol=1e-4)
+        np.testing.assert_allclose(numbers[0][f"curvature/{name}_min"], eigs[0], atol=1e-5)

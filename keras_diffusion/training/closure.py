@@ -30,14 +30,23 @@ value when the closure is built: every evaluation at any weights sees the same s
 closure is a deterministic function of the weights (same dropout masks, same BatchNorm mode).
 The train step updates that state once per step, from its forward pass at the current weights,
 exactly as ``keras.Model.train_step`` does.
+
+Mixed precision. Under ``mixed_float16``/``mixed_bfloat16`` policies (variables in float32,
+computations in half precision) every evaluation of the closure runs its layers in float32
+(``keras_diffusion.curvature.float32_policy``): ``outputs``, the losses, gradients and
+curvature products equal those of the same model built with the float32 policy, to float32
+accuracy, so no loss scaling is needed. The train step's own forward pass (loss tracker,
+metrics) keeps the model's policy.
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
 from keras.src.losses.losses import LossFunctionWrapper
 
-from keras_diffusion.curvature import loss_hessians, products
+from keras_diffusion.curvature import float32_policy, loss_hessians, products
 
 
 def _replica_context():
@@ -55,6 +64,9 @@ def _flat_dot(a, b):
 
 class Closure:
     """The loss of one batch as a function of the trainable weights, with curvature products.
+
+    Under a mixed-precision policy every evaluation runs the model's layers in float32 (see
+    the module docstring), so all values equal those of the float32 model.
 
     Args:
         model: a built and compiled Keras model (its ``compile(loss=...)`` and its
@@ -97,6 +109,10 @@ class Closure:
         self.params = [tf.identity(v.value) for v in self.variables]
         self._frozen = [tf.identity(v.value) for v in model.non_trainable_variables]
         self._ctx = _replica_context()
+        self._mixed = any(
+            layer.compute_dtype != layer.variable_dtype
+            for layer in model._flatten_layers(include_self=True, recursive=True)
+        )
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self._unscale = 1.0 if self._ctx is not None else float(replicas)
 
@@ -113,9 +129,12 @@ class Closure:
         return StatelessScope(state_mapping=mapping, collect_losses=True)
 
     def _call(self):
-        if self.model._call_has_training_arg:
-            return self.model(self.x, training=self.training)
-        return self.model(self.x)
+        # Only the forward pass switches to float32: all-reduces (merge_call pauses the
+        # replica's thread) stay outside, so other replicas never see the switched layers.
+        with float32_policy(self.model) if self._mixed else contextlib.nullcontext():
+            if self.model._call_has_training_arg:
+                return self.model(self.x, training=self.training)
+            return self.model(self.x)
 
     def outputs(self, params=None):
         """The model's outputs (a nest for multi-output models) on this replica's batch."""

@@ -10,6 +10,11 @@ Hessian-free, ...; Pascanu 2014, thesis Sec. 4.3) it
 3. calls ``optimizer.minimize_closure(closure)``, which updates the weights;
 4. updates the compiled metrics with the predictions of step 2 (before the update, as Keras)
    and adds ``rejected_steps`` (updates refused as non-finite, cumulative) to the logs.
+
+Under a ``mixed_float16`` policy ``compile`` wraps the optimizer in a
+``keras.optimizers.LossScaleOptimizer``; the train step calls the closure optimizer inside it
+directly (the loss scale stays unused): the closure computes in float32 (see ``Closure``), so
+its gradients and products need no loss scaling.
 """
 
 import keras
@@ -44,7 +49,10 @@ class ClosureTrainingMixin:
         return Closure(self, x, y, sample_weight)
 
     def train_step(self, data):
-        if not isinstance(self.optimizer, ClosureOptimizer):
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = optimizer.inner_optimizer  # see the module docstring
+        if not isinstance(optimizer, ClosureOptimizer):
             return super().train_step(data)
         if not all(layer.built for layer in self._flatten_layers()):
             # A subclassed model traced without a strategy is still unbuilt here; the
@@ -63,9 +71,9 @@ class ClosureTrainingMixin:
         self._loss_tracker.update_state(
             unscale_loss_for_distribution(loss), sample_weight=batch_size
         )
-        self.optimizer.minimize_closure(closure)
+        optimizer.minimize_closure(closure)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        logs["rejected_steps"] = tf.cast(self.optimizer.rejected_steps.value, "float32")
+        logs["rejected_steps"] = tf.cast(optimizer.rejected_steps.value, "float32")
         return logs
 
 

@@ -393,17 +393,35 @@ def get(name):
     """
     if isinstance(name, DiffusedFunction):
         return name
-    if name not in _REGISTRY:
+    return _REGISTRY[check_activation(name)]
+
+
+def check_activation(name):
+    """Returns ``name`` after checking that it is one of :func:`names`.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(
-            f"Unknown diffused activation {name!r}; known activations: {', '.join(names())}."
+            f"Unknown diffused activation {name!r}; known activations: {', '.join(names())}. "
+            f"Pass one of these names, e.g. activation={names()[0]!r}."
         )
-    return _REGISTRY[name]
+    return name
 
 
 # --- public entry points -----------------------------------------------------------------
 
 
-def _check_slope(slope):
+def check_method(method):
+    """Returns ``method`` after checking that it is one of :data:`METHODS`."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    return method
+
+
+def check_slope(slope):
+    """Returns ``slope`` as a float after checking that it is finite and > 0."""
     try:
         value = float(slope)
     except (TypeError, ValueError):
@@ -447,9 +465,8 @@ def checked_sigma(sigma, dtype="float32"):
 def _prepare(name, x, sigma, slope, method):
     """Looks up ``name``; returns the function, x and sigma in the compute dtype, x's dtype."""
     function = get(name)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    slope = _check_slope(slope)
+    check_method(method)
+    slope = check_slope(slope)
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise TypeError(

@@ -20,17 +20,25 @@ import keras
 from keras import ops
 
 
+def check_nonnegative(name, value, meaning=""):
+    """Returns ``value`` as a float after checking that it is a finite number >= 0.
+
+    The one check behind every "finite and >= 0" argument of the package (sigma, penalty
+    weights, schedule constants). ``name`` and ``meaning`` (e.g. ``" (lambda of ...)"``) go into
+    the error message, which also names the bad value.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number >= 0, got {value!r}.") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be finite and >= 0{meaning}, got {value!r}.")
+    return number
+
+
 def check_sigma(sigma):
     """Returns ``sigma`` as a float after checking that it is finite and >= 0."""
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        raise TypeError(f"sigma must be a real number, got {sigma!r}.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"sigma must be finite and >= 0 (sigma = 0 is the undiffused network), got {sigma!r}."
-        )
-    return value
+    return check_nonnegative("sigma", sigma, " (sigma = 0 is the undiffused network)")
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -113,7 +121,8 @@ def bandwidths(model):
     return list(found.values())
 
 
-def _require_bandwidths(model):
+def require_bandwidths(model):
+    """:func:`bandwidths` of ``model``; ``ValueError`` if it has none (no diffused layer)."""
     found = bandwidths(model)
     if not found:
         raise ValueError(
@@ -129,7 +138,7 @@ def get_sigma(model):
     Raises ``ValueError`` if the model has no diffused layer, or if its layers hold
     bandwidths with different values (call :func:`set_sigma` to make them agree).
     """
-    values = {float(ops.convert_to_numpy(b.variable)) for b in _require_bandwidths(model)}
+    values = {float(ops.convert_to_numpy(b.variable)) for b in require_bandwidths(model)}
     if len(values) > 1:
         raise ValueError(
             f"Model {model.name!r} holds bandwidths with different values {sorted(values)}; "
@@ -141,5 +150,5 @@ def get_sigma(model):
 def set_sigma(model, sigma):
     """Assigns ``sigma`` to every bandwidth inside ``model`` (no retracing)."""
     sigma = check_sigma(sigma)
-    for bandwidth in _require_bandwidths(model):
+    for bandwidth in require_bandwidths(model):
         bandwidth.assign(sigma)

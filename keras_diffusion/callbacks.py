@@ -92,7 +92,7 @@ class SigmaSchedule(keras.callbacks.Callback):
     def _targets(self):
         if self.bandwidth is not None:
             return [self.bandwidth]
-        return bandwidth_lib._require_bandwidths(self.model)
+        return bandwidth_lib.require_bandwidths(self.model)
 
     def _set(self, sigma):
         sigma = bandwidth_lib.check_sigma(sigma)
@@ -210,9 +210,7 @@ class StagedSigma(SigmaSchedule):
         self.epochs_per_stage = epochs_per_stage
         self.monitor = monitor
         self.patience = _check_count("patience", patience)
-        if not (isinstance(min_delta, (int, float)) and math.isfinite(min_delta)) or min_delta < 0:
-            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}.")
-        self.min_delta = float(min_delta)
+        self.min_delta = bandwidth_lib.check_nonnegative("min_delta", min_delta)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
         self.mode = mode
@@ -279,8 +277,8 @@ class _DecayingSigma(SigmaSchedule):
 
     def __init__(self, sigma0, cutoff=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.sigma0 = _check_value("sigma0", sigma0)
-        self.cutoff = _check_value("cutoff", cutoff)
+        self.sigma0 = bandwidth_lib.check_nonnegative("sigma0", sigma0)
+        self.cutoff = bandwidth_lib.check_nonnegative("cutoff", cutoff)
 
     def decay(self, k):
         raise NotImplementedError
@@ -344,7 +342,7 @@ class PolynomialSigma(_DecayingSigma):
 
     def __init__(self, sigma0, gamma, cutoff=0.0, **kwargs):
         super().__init__(sigma0, cutoff, **kwargs)
-        self.gamma = _check_value("gamma", gamma)
+        self.gamma = bandwidth_lib.check_nonnegative("gamma", gamma)
 
     def decay(self, k):
         return (1.0 + k) ** -self.gamma
@@ -380,16 +378,6 @@ class LinearSigma(_DecayingSigma):
         config = super().get_config()
         del config["cutoff"]
         return {**config, "duration": self.duration}
-
-
-def _check_value(name, value):
-    try:
-        value_f = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {value!r}.") from None
-    if not math.isfinite(value_f) or value_f < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}.")
-    return value_f
 
 
 def _check_count(name, value):

@@ -86,7 +86,10 @@ class SparseRecurrent(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None):
         if len(shape) != 2:
-            raise ValueError(f"SparseRecurrent makes matrices, got shape {tuple(shape)}.")
+            raise ValueError(
+                f"SparseRecurrent makes matrices, got shape {tuple(shape)}; use it for 2-D "
+                "(fan_in, fan_out) weights only."
+            )
         fan_in, fan_out = (int(d) for d in shape)
         if self.nonzeros > fan_in:
             raise ValueError(

@@ -60,14 +60,20 @@ class CurvatureMonitor(keras.callbacks.Callback):
     ):
         super().__init__()
         if not (isinstance(every, int) and every > 0):
-            raise ValueError(f"every must be a positive int, got {every!r}.")
+            raise ValueError(
+                f"every must be a positive int, got {every!r}; use every=1 to measure after "
+                "every epoch."
+            )
         matrices = (matrices,) if isinstance(matrices, str) else tuple(matrices)
         if not matrices or any(m not in MATRICES for m in matrices):
             raise ValueError(
-                f"matrices must be a non-empty subset of {MATRICES}, got {matrices!r}."
+                f"matrices must be a non-empty subset of {MATRICES}, got {matrices!r}; e.g. "
+                "matrices=(\"hessian\", \"ggn\")."
             )
         if not (isinstance(lanczos_steps, int) and lanczos_steps > 0):
-            raise ValueError(f"lanczos_steps must be a positive int, got {lanczos_steps!r}.")
+            raise ValueError(
+                f"lanczos_steps must be a positive int, got {lanczos_steps!r}; e.g. 20."
+            )
         if hutchinson_probes == 1 or hutchinson_probes < 0:
             raise ValueError(
                 f"hutchinson_probes must be 0 (no trace) or >= 2, got {hutchinson_probes!r}."
@@ -77,7 +83,7 @@ class CurvatureMonitor(keras.callbacks.Callback):
         if not isinstance(data, (tuple, list)) or not 1 <= len(data) <= 3:
             raise ValueError(
                 "data must be (x, y), (x, y, sample_weight) or a tf.data.Dataset of such "
-                f"tuples; got {type(data).__name__}."
+                f"tuples; got {type(data).__name__}. Pass e.g. (x[:256], y[:256])."
             )
         self.data = tuple(data)
         self.every = every

@@ -140,7 +140,10 @@ class NormPreservingModel(keras.Model):
                 "DeepTransitionRNNCell(...))."
             )
         if not any(inner is layer for inner in model._flatten_layers(include_self=False)):
-            raise ValueError(f"Layer {layer.name!r} is not part of model {model.name!r}.")
+            raise ValueError(
+                f"Layer {layer.name!r} is not part of model {model.name!r}; pass the "
+                "DeepTransitionRNN that the model calls, e.g. model.get_layer(name)."
+            )
         self.model = model
         self.layer = layer
         self.weight = weight if isinstance(weight, OmegaWeight) else OmegaWeight(weight)

@@ -27,6 +27,8 @@ Example:
 >>> adding_test_error(model, *task.arrays("test"))
 """
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -96,23 +98,38 @@ def build_adding_rnn(
     return keras.Model(inputs, outputs, name=f"adding_rnn_{method}")
 
 
-def adding_test_error(model, x, y, batch_size=256):
-    """Mean squared error of the final output of the plain network (sigma = 0).
+@contextlib.contextmanager
+def undiffused(model):
+    """Sets every bandwidth of ``model`` to 0 inside the ``with`` block, then restores them.
 
-    The model's sigma is set to 0 for the forward pass and restored afterwards. Models without
-    diffused layers are evaluated as they are.
-
-    Returns:
-        ``mean_s ||f(x_s) - y_s||^2`` as a Python float.
+    The plain network of the Figure 6 error; models without diffused layers are left as they are.
     """
     found = keras_diffusion.bandwidths(model)
     saved = [float(keras.ops.convert_to_numpy(b.variable)) for b in found]
     for bandwidth in found:
         bandwidth.assign(0.0)
     try:
-        prediction = model.predict(x, batch_size=batch_size, verbose=0)
+        yield model
     finally:
         for bandwidth, value in zip(found, saved):
             bandwidth.assign(value)
+
+
+def squared_error(prediction, y):
+    """``mean_s ||prediction_s - y_s||^2`` over the sequences ``s`` (leading axis), a float."""
     error = np.square(np.reshape(prediction, (len(prediction), -1)) - np.reshape(y, (len(y), -1)))
     return float(np.mean(np.sum(error, axis=1)))
+
+
+def adding_test_error(model, x, y, batch_size=256):
+    """Mean squared error of the final output of the plain network (sigma = 0).
+
+    The model's sigma is set to 0 for the forward pass and restored afterwards
+    (:func:`undiffused`). Models without diffused layers are evaluated as they are.
+
+    Returns:
+        ``mean_s ||f(x_s) - y_s||^2`` as a Python float.
+    """
+    with undiffused(model):
+        prediction = model.predict(x, batch_size=batch_size, verbose=0)
+    return squared_error(prediction, y)

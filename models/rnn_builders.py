@@ -147,7 +147,14 @@ def char_lm(kind, vocab_size, units, output_units=None, batch_size=None, activat
     if kind not in CHAR_LM_KINDS:
         raise ValueError(f"kind must be one of {CHAR_LM_KINDS}, got {kind!r}.")
     if kind == "dots" and not output_units:
-        raise ValueError("kind='dots' needs output_units (the rectifier layer width).")
+        raise ValueError(
+            f"kind='dots' needs output_units (the rectifier layer width), got "
+            f"{output_units!r}; e.g. char_lm_units('dots', budget, vocab_size) gives it."
+        )
+
+    def hidden_to_hidden(offset):
+        # sec. 6.4.2: 20 non-zero incoming connections, unit largest singular value
+        return SparseRecurrent(nonzeros=min(20, units), singular_value=1.0, seed=seed + offset)
 
     def cell(depth, k):
         return DeepTransitionRNNCell(
@@ -155,14 +162,10 @@ def char_lm(kind, vocab_size, units, output_units=None, batch_size=None, activat
             transition_units=[units] * depth,
             shortcut=depth > 0,
             activation=activation,
-            kernel_initializer=_normal(0.01, seed + k) if k == 0 else SparseRecurrent(
-                nonzeros=min(20, units), singular_value=1.0, seed=seed + 10 + k),
-            recurrent_initializer=SparseRecurrent(
-                nonzeros=min(20, units), singular_value=1.0, seed=seed + 20 + k),
-            transition_initializer=SparseRecurrent(
-                nonzeros=min(20, units), singular_value=1.0, seed=seed + 30 + k),
-            shortcut_initializer=SparseRecurrent(
-                nonzeros=min(20, units), singular_value=1.0, seed=seed + 40 + k),
+            kernel_initializer=_normal(0.01, seed + k) if k == 0 else hidden_to_hidden(10 + k),
+            recurrent_initializer=hidden_to_hidden(20 + k),
+            transition_initializer=hidden_to_hidden(30 + k),
+            shortcut_initializer=hidden_to_hidden(40 + k),
         )
 
     inputs = keras.Input(batch_shape=(batch_size, None, vocab_size))

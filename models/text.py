@@ -143,12 +143,17 @@ def bptt_dataset(ids, batch_size, window):
     return tf.data.Dataset.from_tensor_slices(bptt_windows(ids, batch_size, window))
 
 
-def bits_per_character(y_true, logits):
-    """Mean next-symbol cross-entropy in bits: ``mean(-log softmax(logits)[y]) / ln 2``."""
+def _bits(y_true, logits):
+    """Per-symbol code length ``-log2 softmax(logits)[y]`` of integer targets."""
     nats = keras.losses.sparse_categorical_crossentropy(
         keras.ops.convert_to_tensor(y_true), keras.ops.convert_to_tensor(logits), from_logits=True
     )
-    return keras.ops.mean(nats) / math.log(2.0)
+    return nats / math.log(2.0)
+
+
+def bits_per_character(y_true, logits):
+    """Mean next-symbol cross-entropy in bits: ``mean(-log softmax(logits)[y]) / ln 2``."""
+    return keras.ops.mean(_bits(y_true, logits))
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -167,12 +172,7 @@ class BitsPerCharacter(keras.metrics.Mean):
         super().__init__(name=name, dtype=dtype)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        nats = keras.losses.sparse_categorical_crossentropy(
-            keras.ops.convert_to_tensor(y_true),
-            keras.ops.convert_to_tensor(y_pred),
-            from_logits=True,
-        )
-        return super().update_state(nats / math.log(2.0), sample_weight=sample_weight)
+        return super().update_state(_bits(y_true, y_pred), sample_weight=sample_weight)
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype}

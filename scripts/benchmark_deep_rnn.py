@@ -4,7 +4,8 @@ Every new model (DT-RNN, DT(S)-RNN, DOT(S)-RNN, stacked RNN) is timed against a
 ``keras.layers.SimpleRNN`` and a ``keras.layers.GRU(use_cudnn=False)`` whose unit counts are
 solved so that their recurrent part has the SAME number of parameters (closest integer).
 All models share the input width, the sequence length and a ``Dense(outputs)`` head; one
-train step (forward + BPTT + SGD update, ``train_on_batch``) is timed, median over repeats.
+train step (forward + BPTT + SGD update, ``train_on_batch``) is timed: the fastest of
+``--repeats`` steps, taken round-robin over the models.
 A last row times the DT(S) cell in plain ``keras.layers.RNN`` (input projected inside the
 loop, step by step) against ``DeepTransitionRNN`` (projection hoisted: one matmul over the
 sequence), which measures the hoisting.

@@ -38,6 +38,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("lengths", ["50", "200"], "Sequence lengths T.")
 flags.DEFINE_list("units", ["128", "512"], "Hidden units H.")
 flags.DEFINE_list("jit", ["false", "true"], "jit_compile settings to time.")
+JIT_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+flags.register_validator(
+    "jit",
+    lambda values: all(v.lower() in JIT_VALUES for v in values),
+    message="--jit takes true/false values, e.g. --jit=false,true.",
+)
 flags.DEFINE_integer("batch_size", 32, "Sequences per batch.", lower_bound=1)
 flags.DEFINE_integer("input_dim", 8, "Input features per step.", lower_bound=1)
 flags.DEFINE_integer("steps", 7, "Timed training steps per model (median reported).", lower_bound=1)
@@ -93,7 +99,7 @@ def main(argv):
             x = rng.normal(size=(FLAGS.batch_size, length, FLAGS.input_dim)).astype("float32")
             y = rng.normal(size=(FLAGS.batch_size, 1)).astype("float32")
             for jit in jits:
-                jit_compile = jit.lower() in ("1", "true", "yes")
+                jit_compile = JIT_VALUES[jit.lower()]
                 models = {}
                 for kind in ("simple", "diffused", "rnn_cell"):
                     keras.utils.set_random_seed(0)

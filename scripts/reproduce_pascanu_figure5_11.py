@@ -17,7 +17,6 @@ Usage:
   python scripts/reproduce_pascanu_figure5_11.py --lengths=20,50,100 --seeds=2 --updates=3000
 """
 
-import json
 import time
 
 from absl import app, flags
@@ -27,6 +26,7 @@ import numpy as np
 
 from keras_diffusion.regularizers import NormPreservingModel
 from models import pathological, rnn_builders
+from scripts import reporting
 
 FLAGS = flags.FLAGS
 METHODS = ("sgd", "sgd_c", "sgd_cr")
@@ -120,20 +120,17 @@ def run():
                       f"{'success' if result['success'] else 'failure'} "
                       f"({result['seconds']:.0f} s)", flush=True)
     print("\nSuccess rate (successful runs / runs; mean final error %):")
-    print("| T | " + " | ".join(METHOD_NAMES[m] for m in methods) + " |")
-    print("|---|" + "---|" * len(methods))
+    rows = []
     for length in lengths:
-        cells = []
+        cells = [length]
         for method in methods:
             runs = [r for r in results if r["length"] == length and r["method"] == method]
             wins = sum(r["success"] for r in runs)
             err = 100 * np.mean([r["error_rate"] for r in runs])
             cells.append(f"{wins}/{len(runs)} ({err:.1f}%)")
-        print(f"| {length} | " + " | ".join(cells) + " |")
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(results, f, indent=2, default=float)
-    return results
+        rows.append(cells)
+    reporting.print_table(["T"] + [METHOD_NAMES[m] for m in methods], rows)
+    return reporting.write_json(results, FLAGS.output)
 
 
 def main(argv):

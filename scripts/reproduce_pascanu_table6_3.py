@@ -19,7 +19,6 @@ Usage:
   python scripts/reproduce_pascanu_table6_3.py --budget=25000 --epochs=20
 """
 
-import json
 import math
 import time
 
@@ -29,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from models import rnn_builders, text
+from scripts import reporting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny CI run: small budget, a few steps, short evaluation.")
@@ -52,6 +52,8 @@ EVAL_WINDOW = 100
 
 
 def one_hot_dataset(ids, batch_size, window, vocab_size, max_batches=0):
+    """One-hot BPTT windows of ``ids`` (``text.bptt_dataset``), the first ``max_batches``
+    of them when that is not 0."""
     ds = text.bptt_dataset(ids, batch_size, window)
     if max_batches:
         ds = ds.take(max_batches)
@@ -81,6 +83,7 @@ def evaluate_bpc(model, kind, widths, vocab_size, ids):
 
 
 def train_one(kind, corpus):
+    """Trains one ``kind`` at ``--budget`` parameters; returns its sizes, BPCs and history."""
     vocab = corpus.vocab_size
     widths = rnn_builders.char_lm_units(kind, FLAGS.budget, vocab)
     keras.utils.set_random_seed(FLAGS.seed)
@@ -138,7 +141,9 @@ def run():
         FLAGS.max_steps_per_epoch, FLAGS.eval_chars = 3, 300
     for kind in FLAGS.kinds:
         if kind not in rnn_builders.CHAR_LM_KINDS:
-            raise app.UsageError(f"--kinds entries must be in {rnn_builders.CHAR_LM_KINDS}.")
+            raise app.UsageError(
+                f"--kinds entries must be in {rnn_builders.CHAR_LM_KINDS}, got {kind!r}."
+            )
     if FLAGS.corpus == "ptb":
         if not FLAGS.ptb_dir:
             raise app.UsageError("--corpus=ptb needs --ptb_dir (ptb.char.*.txt files).")
@@ -154,16 +159,14 @@ def run():
           f"{FLAGS.learning_rate}, clipnorm {FLAGS.clipnorm}, {FLAGS.activation} units"
           f"{', QUICK smoke run' if FLAGS.quick else ''}.", flush=True)
     results = [train_one(kind, corpus) for kind in FLAGS.kinds]
-    print("\n| model | widths | params | valid BPC | test BPC | thesis PTB test BPC | s |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        widths = ", ".join(str(v) for v in r["widths"].values())
-        print(f"| {NAMES[r['kind']]} | {widths} | {r['params']} | {r['valid_bpc']:.3f} | "
-              f"{r['test_bpc']:.3f} | {THESIS_BPC[r['kind']]} | {r['seconds']:.0f} |")
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(results, f, indent=2, default=float)
-    return results
+    print()
+    reporting.print_table(
+        ["model", "widths", "params", "valid BPC", "test BPC", "thesis PTB test BPC", "s"],
+        [[NAMES[r["kind"]], ", ".join(str(v) for v in r["widths"].values()), r["params"],
+          f"{r['valid_bpc']:.3f}", f"{r['test_bpc']:.3f}", THESIS_BPC[r["kind"]],
+          f"{r['seconds']:.0f}"] for r in results],
+    )
+    return reporting.write_json(results, FLAGS.output)
 
 
 def main(argv):

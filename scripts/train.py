@@ -77,7 +77,7 @@ class MethodSpec:
         _check_positive("learning_rate", self.learning_rate)
         _check_positive("sigma_epochs", self.sigma_epochs)
         for name in ("sigma0", "sigma_cutoff", "penalty", "sigma_floor", "sigma_gamma"):
-            _check_nonnegative(name, getattr(self, name))
+            keras_diffusion.bandwidth.check_nonnegative(name, getattr(self, name))
         if not 0.0 < self.sigma_rate <= 1.0:
             raise ValueError(f"sigma_rate must be in (0, 1], got {self.sigma_rate!r}.")
         if self.sigma_stages:  # validated even where unused, naming the bad value
@@ -148,7 +148,7 @@ class ErrorCurve(keras.callbacks.Callback):
 
     def __init__(self, x, y, key="test_error", stop_at=None):
         super().__init__()
-        self.x, self.y, self.key, self.stop_at = x, np.reshape(y, (len(y), -1)), key, stop_at
+        self.x, self.y, self.key, self.stop_at = x, y, key, stop_at
         self.errors = []
         self._forward = None
 
@@ -156,17 +156,9 @@ class ErrorCurve(keras.callbacks.Callback):
         if self._forward is None:
             model = self.model
             self._forward = tf.function(lambda x: model(x, training=False))
-        found = keras_diffusion.bandwidths(self.model)
-        saved = [float(b.value) for b in found]
-        for bandwidth in found:
-            bandwidth.assign(0.0)
-        try:
+        with builders.undiffused(self.model):
             prediction = self._forward(self.x).numpy()
-        finally:
-            for bandwidth, value in zip(found, saved):
-                bandwidth.assign(value)
-        residual = np.reshape(prediction, self.y.shape) - self.y
-        return float(np.mean(np.sum(np.square(residual), axis=1)))
+        return builders.squared_error(prediction, self.y)
 
     def on_epoch_end(self, epoch, logs=None):
         error = self.error()
@@ -328,11 +320,6 @@ def _check_choice(name, value, choices):
 def _check_positive(name, value):
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
-
-
-def _check_nonnegative(name, value):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
 FLAGS = flags.FLAGS

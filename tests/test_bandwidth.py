@@ -30,6 +30,16 @@ def test_bad_sigma_is_an_error_naming_the_value(bad):
         kd.Bandwidth(bad)
 
 
+def test_non_numeric_values_are_type_errors_naming_the_value():
+    with pytest.raises(TypeError, match="sigma must be a real number >= 0, got 'wide'"):
+        kd.Bandwidth("wide")
+    with pytest.raises(TypeError, match="penalty.*None"):
+        kd.bandwidth.check_nonnegative("penalty", None)
+    assert kd.bandwidth.check_nonnegative("penalty", np.float32(0.5)) == 0.5
+    with pytest.raises(ValueError, match=r"gamma must be finite and >= 0 \(a note\), got -2"):
+        kd.bandwidth.check_nonnegative("gamma", -2, " (a note)")
+
+
 def test_set_sigma_on_a_model_without_diffused_layers_names_the_problem():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no diffused layers"):

@@ -83,6 +83,7 @@ def test_shared_bandwidth_survives_a_keras_round_trip(tmp_path):
         ({"activation": "swish"}, "'swish'.*known activations.*'erf'"),
         ({"activation": "erf", "slope": 0.0}, "slope.*0.0"),
         ({"activation": "erf", "bandwidth": -1.0}, "-1.0"),
+        ({"activation": "erf", "method": "exact"}, "method.*'fast', 'accurate'.*'exact'"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, match):

@@ -351,6 +351,8 @@ def test_save_and_load_keeps_sigma_predictions_and_one_shared_bandwidth(tmp_path
         (lambda: DiffusedRNNCell(3, "softsign"), "'softsign'.*'erf'"),
         (lambda: DiffusedOutput(1, "softsign"), "known activations"),
         (lambda: DiffusedRNNCell(3, penalty=-0.5), "penalty.*-0.5"),
+        (lambda: DiffusedRNNCell(3, slope=float("inf")), "slope.*inf"),
+        (lambda: DiffusedOutput(1, method="exact"), "method.*'exact'"),
         (lambda: DiffusedRNN(keras.layers.SimpleRNNCell(3)), "needs a DiffusedRNNCell"),
         (lambda: build_adding_rnn("adam"), "'diffusion', 'sgd'"),
     ],

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models import pathological, rnn_builders
+from scripts import reporting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,6 +93,17 @@ def test_bad_builder_arguments():
         rnn_builders.char_lm_units("rnn", 10, 50)
     with pytest.raises(ValueError, match="output_units"):
         rnn_builders.char_lm("dots", 10, units=4)
+
+
+def test_reporting_table_and_json(tmp_path, capsys):
+    reporting.print_table(["T", "MSGD"], [[20, "1/2 (0.5%)"], [50, "0/2 (9.0%)"]])
+    assert capsys.readouterr().out.splitlines() == [
+        "| T | MSGD |", "|---|---|", "| 20 | 1/2 (0.5%) |", "| 50 | 0/2 (9.0%) |"]
+    results = [{"error_rate": np.float32(0.25), "success": False}]
+    assert reporting.write_json(results, None) is results
+    path = tmp_path / "r.json"
+    reporting.write_json(results, str(path))
+    assert json.loads(path.read_text()) == [{"error_rate": 0.25, "success": False}]
 
 
 def _run_script(name, *args):

@@ -2,37 +2,12 @@
 
 import math
 
+import dense_blocks as db
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_diffusion.curvature import linear_operator as lo
 from keras_diffusion.curvature import solvers
-
-SHAPES = ([3, 2], [5])  # two blocks, n = 11
-N = 11
-
-
-def _blocks(flat):
-    return lo.unflatten(tf.constant(flat, tf.float64), [tf.zeros(s, tf.float64) for s in SHAPES])
-
-
-def _operator(matrix):
-    return _operator_tensor(tf.constant(matrix, tf.float64))
-
-
-def _operator_tensor(matrix):
-    return lambda v: lo.unflatten(tf.linalg.matvec(matrix, lo.flatten(v)), v)
-
-
-def _flat(vectors):
-    return lo.flatten(vectors).numpy()
-
-
-def _symmetric(eigenvalues, seed):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(len(eigenvalues), len(eigenvalues))))
-    return q @ np.diag(eigenvalues) @ q.T
 
 
 def _martens_cg(a, b, max_iterations, epsilon=5e-4):
@@ -62,24 +37,24 @@ def test_save_schedule_is_ceil_of_powers_of_1_3():
 @pytest.mark.parametrize("jit", [False, True])
 def test_cg_matches_solve_with_warm_start_damping_and_preconditioner(jit):
     rng = np.random.default_rng(0)
-    a = _symmetric(np.geomspace(0.1, 50.0, N), seed=1)
-    damping, diag = 0.3, rng.uniform(0.5, 2.0, N)
-    b, x0 = rng.normal(size=N), rng.normal(size=N)
+    a = db.symmetric(np.geomspace(0.1, 50.0, db.N), seed=1)
+    damping, diag = 0.3, rng.uniform(0.5, 2.0, db.N)
+    b, x0 = rng.normal(size=db.N), rng.normal(size=db.N)
 
     def solve(b, x0):
         return solvers.conjugate_gradient(
-            _operator(a), b, x0, damping=damping,
-            preconditioner=solvers.diagonal_preconditioner(_blocks(diag)),
+            db.operator(a), b, x0, damping=damping,
+            preconditioner=solvers.diagonal_preconditioner(db.blocks(diag)),
             tol=1e-12, epsilon=0.0, max_iterations=50,
         )
 
     if jit:
         solve = tf.function(solve, jit_compile=True)
-    result = solve(_blocks(b), _blocks(x0))
-    expected = np.linalg.solve(a + damping * np.eye(N), b)
-    np.testing.assert_allclose(_flat(result.x), expected, rtol=1e-9, atol=1e-9)
+    result = solve(db.blocks(b), db.blocks(x0))
+    expected = np.linalg.solve(a + damping * np.eye(db.N), b)
+    np.testing.assert_allclose(db.flat(result.x), expected, rtol=1e-9, atol=1e-9)
     assert solvers.STOP_REASONS[int(result.stop_reason)] == "residual_tolerance"
-    assert int(result.num_iterations) <= 2 * N
+    assert int(result.num_iterations) <= 2 * db.N
     assert float(result.residual_norm) <= 1e-12 * np.linalg.norm(b)
 
 
@@ -87,13 +62,12 @@ def test_cg_martens_rule_iterates_and_phi_match_numpy_reference():
     rng = np.random.default_rng(3)
     n = 150
     shapes = ([10, 10], [50])
-    a = _symmetric(np.geomspace(1e-2, 1.0, n), seed=4)  # CG stays stable: paths agree
+    a = db.symmetric(np.geomspace(1e-2, 1.0, n), seed=4)  # CG stays stable: paths agree
     b = rng.normal(size=n)
     like = [tf.zeros(s, tf.float64) for s in shapes]
-    matrix = tf.constant(a)
-    matvec = lambda v: lo.unflatten(tf.linalg.matvec(matrix, lo.flatten(v)), v)  # noqa: E731
+    matvec = db.operator(a)
     result = solvers.conjugate_gradient(
-        matvec, lo.unflatten(tf.constant(b), like), max_iterations=120, tol=0.0
+        matvec, db.unflatten(tf.constant(b), like), max_iterations=120, tol=0.0
     )
     stop, iterates, phis = _martens_cg(a, b, 120)
     assert 10 < stop < 120  # the rule, not the iteration cap, stopped the reference
@@ -107,75 +81,75 @@ def test_cg_martens_rule_iterates_and_phi_match_numpy_reference():
     assert (result.iterations.numpy()[num_saved:] == -1).all()
     for row, it in enumerate(expected_its):
         np.testing.assert_allclose(
-            lo.flatten([s[row] for s in result.iterates]).numpy(), iterates[it],
+            db.flatten([s[row] for s in result.iterates]).numpy(), iterates[it],
             rtol=1e-6, atol=1e-8,
         )
         np.testing.assert_allclose(float(result.phi[row]), phis[it], rtol=1e-8)
-    np.testing.assert_allclose(_flat(result.x), iterates[stop], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(db.flat(result.x), iterates[stop], rtol=1e-6, atol=1e-8)
 
 
 def test_cg_without_saving_keeps_only_the_final_iterate():
-    a = _symmetric(np.linspace(1.0, 5.0, N), seed=2)
-    b = _blocks(np.ones(N))
-    result = solvers.conjugate_gradient(_operator(a), b, save_iterates=False, tol=1e-10)
+    a = db.symmetric(np.linspace(1.0, 5.0, db.N), seed=2)
+    b = db.blocks(np.ones(db.N))
+    result = solvers.conjugate_gradient(db.operator(a), b, save_iterates=False, tol=1e-10)
     assert result.iterations.shape == [1] and int(result.num_saved) == 1
     assert int(result.iterations[0]) == int(result.num_iterations)
-    np.testing.assert_allclose(_flat([s[0] for s in result.iterates]), _flat(result.x))
+    np.testing.assert_allclose(db.flat([s[0] for s in result.iterates]), db.flat(result.x))
 
 
 def test_cg_stops_on_negative_curvature_like_numpy():
-    a = _symmetric(np.concatenate([[-1.0, -0.5], np.linspace(1.0, 3.0, N - 2)]), seed=5)
+    a = db.symmetric(np.concatenate([[-1.0, -0.5], np.linspace(1.0, 3.0, db.N - 2)]), seed=5)
     rng = np.random.default_rng(6)
     for trial in range(5):
-        b = rng.normal(size=N)
-        x, r, p = np.zeros(N), b.copy(), b.copy()
+        b = rng.normal(size=db.N)
+        x, r, p = np.zeros(db.N), b.copy(), b.copy()
         steps = 0
         while p @ a @ p > 0:
             alpha = (r @ r) / (p @ a @ p)
             x, r_new = x + alpha * p, r - alpha * (a @ p)
             p, r = r_new + (r_new @ r_new) / (r @ r) * p, r_new
             steps += 1
-        result = solvers.conjugate_gradient(_operator(a), _blocks(b), tol=0.0, epsilon=0.0)
+        result = solvers.conjugate_gradient(db.operator(a), db.blocks(b), tol=0.0, epsilon=0.0)
         assert solvers.STOP_REASONS[int(result.stop_reason)] == "negative_curvature"
         assert int(result.num_iterations) == steps
-        np.testing.assert_allclose(_flat(result.x), x, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(db.flat(result.x), x, rtol=1e-8, atol=1e-10)
     # b along a negative eigenvector: the very first direction has negative curvature.
     w, v = np.linalg.eigh(a)
-    result = solvers.conjugate_gradient(_operator(a), _blocks(v[:, 0]))
+    result = solvers.conjugate_gradient(db.operator(a), db.blocks(v[:, 0]))
     assert int(result.num_iterations) == 0 and int(result.num_saved) == 1
     assert int(result.stop_reason) == solvers.NEGATIVE_CURVATURE
-    np.testing.assert_allclose(_flat(result.x), 0.0)
+    np.testing.assert_allclose(db.flat(result.x), 0.0)
 
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_minres_matches_solve_on_indefinite_systems(jit):
     rng = np.random.default_rng(7)
-    a = _symmetric(np.concatenate([np.linspace(-4.0, -0.3, 5), np.linspace(0.2, 6.0, N - 5)]),
+    a = db.symmetric(np.concatenate([np.linspace(-4.0, -0.3, 5), np.linspace(0.2, 6.0, db.N - 5)]),
                    seed=8)
-    b, x0, diag = rng.normal(size=N), rng.normal(size=N), rng.uniform(0.5, 2.0, N)
+    b, x0, diag = rng.normal(size=db.N), rng.normal(size=db.N), rng.uniform(0.5, 2.0, db.N)
 
     def solve(b, x0):
         return solvers.minres(
-            _operator(a), b, x0, damping=0.05, tol=1e-12, max_iterations=60,
-            preconditioner=solvers.diagonal_preconditioner(_blocks(diag)),
+            db.operator(a), b, x0, damping=0.05, tol=1e-12, max_iterations=60,
+            preconditioner=solvers.diagonal_preconditioner(db.blocks(diag)),
         )
 
     if jit:
         solve = tf.function(solve, jit_compile=True)
-    result = solve(_blocks(b), _blocks(x0))
-    expected = np.linalg.solve(a + 0.05 * np.eye(N), b)
-    np.testing.assert_allclose(_flat(result.x), expected, rtol=1e-8, atol=1e-8)
+    result = solve(db.blocks(b), db.blocks(x0))
+    expected = np.linalg.solve(a + 0.05 * np.eye(db.N), b)
+    np.testing.assert_allclose(db.flat(result.x), expected, rtol=1e-8, atol=1e-8)
     assert int(result.stop_reason) == solvers.RESIDUAL_TOLERANCE
 
 
 def test_minres_residual_estimate_and_iteration_cap():
-    a = _symmetric(np.concatenate([np.linspace(-3.0, -1.0, 5), np.linspace(1.0, 9.0, N - 5)]),
+    a = db.symmetric(np.concatenate([np.linspace(-3.0, -1.0, 5), np.linspace(1.0, 9.0, db.N - 5)]),
                    seed=9)
-    b = np.random.default_rng(10).normal(size=N)
-    result = solvers.minres(_operator(a), _blocks(b), max_iterations=4, tol=0.0)
+    b = np.random.default_rng(10).normal(size=db.N)
+    result = solvers.minres(db.operator(a), db.blocks(b), max_iterations=4, tol=0.0)
     assert int(result.num_iterations) == 4
     assert int(result.stop_reason) == solvers.MAX_ITERATIONS
-    true_residual = np.linalg.norm(b - a @ _flat(result.x))
+    true_residual = np.linalg.norm(b - a @ db.flat(result.x))
     np.testing.assert_allclose(float(result.residual_norm), true_residual, rtol=1e-8)
 
 
@@ -183,27 +157,24 @@ def test_solvers_use_only_the_given_inner_product():
     # CG and MINRES on M^-1 A in the M-inner product solve the same system A x = b: any
     # reduction that bypassed `dot` would break this.
     rng = np.random.default_rng(11)
-    a = _symmetric(np.geomspace(0.2, 20.0, N), seed=12)
-    m = np.diag(rng.uniform(0.5, 3.0, N))
-    b = rng.normal(size=N)
+    a = db.symmetric(np.geomspace(0.2, 20.0, db.N), seed=12)
+    m = np.diag(rng.uniform(0.5, 3.0, db.N))
+    b = rng.normal(size=db.N)
     m_inv = np.linalg.inv(m)
-    matrix = tf.constant(m)
+    m_dot = db.inner_product(m)
 
-    def m_dot(x, y):
-        return tf.tensordot(lo.flatten(x), tf.linalg.matvec(matrix, lo.flatten(y)), 1)
-
-    operator, rhs = _operator(m_inv @ a), _blocks(m_inv @ b)
+    operator, rhs = db.operator(m_inv @ a), db.blocks(m_inv @ b)
     expected = np.linalg.solve(a, b)
     cg = solvers.conjugate_gradient(operator, rhs, dot=m_dot, tol=1e-12, epsilon=0.0)
-    np.testing.assert_allclose(_flat(cg.x), expected, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(db.flat(cg.x), expected, rtol=1e-8, atol=1e-8)
     mr = solvers.minres(operator, rhs, dot=m_dot, tol=1e-12)
-    np.testing.assert_allclose(_flat(mr.x), expected, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(db.flat(mr.x), expected, rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_bad_max_iterations_raise(bad):
-    b = _blocks(np.ones(N))
-    op = _operator(np.eye(N))
+    b = db.blocks(np.ones(db.N))
+    op = db.operator(np.eye(db.N))
     with pytest.raises(ValueError, match="max_iterations"):
         solvers.conjugate_gradient(op, b, max_iterations=bad)
     with pytest.raises(ValueError, match="max_iterations"):
@@ -211,15 +182,15 @@ def test_bad_max_iterations_raise(bad):
 
 
 def test_mismatched_structures_raise():
-    b = _blocks(np.ones(N))
-    op = _operator(np.eye(N))
+    b = db.blocks(np.ones(db.N))
+    op = db.operator(np.eye(db.N))
     for solve in (solvers.conjugate_gradient, solvers.minres):
         with pytest.raises(ValueError, match="blocks"):
             solve(op, b, x0=b[:1])
         with pytest.raises(ValueError, match="shape"):
             solve(op, b, x0=[tf.zeros([2, 3], tf.float64), b[1]])
         with pytest.raises(TypeError, match="list of tensors"):
-            solve(op, lo.flatten(b))
+            solve(op, db.flatten(b))
     with pytest.raises(ValueError, match="epsilon"):
         solvers.conjugate_gradient(op, b, epsilon=-1.0)
     with pytest.raises(ValueError, match="gamma"):
@@ -230,14 +201,14 @@ def test_two_replica_products_give_the_single_device_solution(mirrored_strategy)
     # Each replica holds half of the curvature (A = A_0 + A_1, as for a split batch); the
     # solvers run in cross-replica context on the replica-summed product.
     strategy = mirrored_strategy
-    halves = np.stack([_symmetric(np.linspace(0.5, 4.0, N), 13),
-                       _symmetric(np.linspace(-0.4, 3.0, N), 14)])
-    b = _blocks(np.random.default_rng(15).normal(size=N))
+    halves = np.stack([db.symmetric(np.linspace(0.5, 4.0, db.N), 13),
+                       db.symmetric(np.linspace(-0.4, 3.0, db.N), 14)])
+    b = db.blocks(np.random.default_rng(15).normal(size=db.N))
     stacked = tf.constant(halves)
 
     def local_product(v):
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        return _operator_tensor(tf.gather(stacked, replica))(v)
+        return db.operator(tf.gather(stacked, replica))(v)
 
     def distributed(v):
         per_replica = strategy.run(local_product, args=(v,))
@@ -249,10 +220,10 @@ def test_two_replica_products_give_the_single_device_solution(mirrored_strategy)
         return cg.x, cg.num_iterations, mr.x, mr.num_iterations
 
     two = tf.function(lambda: solve(distributed))()
-    one = solve(_operator(halves.sum(0)))
+    one = solve(db.operator(halves.sum(0)))
     for t, o in zip(tf.nest.flatten(two), tf.nest.flatten(one)):
         np.testing.assert_allclose(t.numpy(), o.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(_flat(two[0]), np.linalg.solve(halves.sum(0), _flat(b)),
+    np.testing.assert_allclose(db.flat(two[0]), np.linalg.solve(halves.sum(0), db.flat(b)),
                                rtol=1e-9)
 
 
@@ -268,14 +239,14 @@ def test_cg_and_lanczos_on_a_float32_network_hessian_under_jit():
         return tf.reduce_mean((tf.tanh(x @ p[0] + p[1]) - y) ** 2)
 
     with tf.GradientTape() as outer:
-        flat = lo.flatten(params)
+        flat = db.flatten(params)
         outer.watch(flat)
         with tf.GradientTape() as inner:
             inner.watch(flat)
-            loss = loss_fn(lo.unflatten(flat, params))
+            loss = loss_fn(db.unflatten(flat, params))
         grad = inner.gradient(loss, flat)
     hessian = outer.jacobian(grad, flat).numpy().astype(np.float64)
-    b = lo.unflatten(tf.ones([8]), params)
+    b = db.unflatten(tf.ones([8]), params)
 
     @tf.function(jit_compile=True)
     def run(params, b):
@@ -284,7 +255,7 @@ def test_cg_and_lanczos_on_a_float32_network_hessian_under_jit():
         return cg.x, lanczos(matvec, b, 8).ritz_values
 
     x_cg, ritz = run(params, b)
-    np.testing.assert_allclose(_flat(x_cg), np.linalg.solve(hessian + np.eye(8), np.ones(8)),
+    np.testing.assert_allclose(db.flat(x_cg), np.linalg.solve(hessian + np.eye(8), np.ones(8)),
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ritz.numpy(), np.linalg.eigvalsh(hessian), atol=1e-4)
 
@@ -319,7 +290,7 @@ def test_cg_few_iterations_against_dense_solve(unroll):
     q = rng.normal(size=(5, 5))
     a = q @ q.T + 0.1 * np.eye(5)
     b = rng.normal(size=5)
-    op, rhs = _operator(a), [tf.constant(b)]
+    op, rhs = db.operator(a), [tf.constant(b)]
 
     x = solvers.conjugate_gradient(op, rhs, damping=0.5, max_iterations=8, tol=1e-12,
                                    unroll=unroll).x
@@ -340,49 +311,49 @@ def test_cg_few_iterations_against_dense_solve(unroll):
 def test_unrolled_cg_equals_looped_with_martens_rule_and_saved_iterates():
     rng = np.random.default_rng(3)
     n = 150
-    a = _symmetric(np.geomspace(1e-2, 1.0, n), seed=4)
-    b = lo.unflatten(tf.constant(rng.normal(size=n)), [tf.zeros([10, 10]), tf.zeros([50])])
+    a = db.symmetric(np.geomspace(1e-2, 1.0, n), seed=4)
+    b = db.unflatten(tf.constant(rng.normal(size=n)), [tf.zeros([10, 10]), tf.zeros([50])])
     looped, unrolled = looped_and_unrolled(
         lambda a, b, unroll: solvers.conjugate_gradient(
-            _operator_tensor(a), b, max_iterations=60, tol=0.0, unroll=unroll
+            db.operator(a), b, max_iterations=60, tol=0.0, unroll=unroll
         ),
         tf.constant(a), b,
     )
     # Martens' rule stopped it before the cap, so the unrolled run froze its state.
     assert solvers.STOP_REASONS[int(looped.stop_reason)] == "relative_progress"
     assert 10 < int(looped.num_iterations) < 60 and int(looped.num_saved) > 5
-    stop, iterates, _ = _martens_cg(a, _flat(b), 60)
+    stop, iterates, _ = _martens_cg(a, db.flat(b), 60)
     assert int(unrolled.num_iterations) == stop
-    np.testing.assert_allclose(_flat(unrolled.x), iterates[stop], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(db.flat(unrolled.x), iterates[stop], rtol=1e-6, atol=1e-8)
 
 
 def test_unrolled_cg_equals_looped_with_warm_start_damping_and_preconditioner():
     rng = np.random.default_rng(0)
-    a = _symmetric(np.geomspace(0.1, 50.0, N), seed=1)
-    diag, b, x0 = rng.uniform(0.5, 2.0, N), rng.normal(size=N), rng.normal(size=N)
+    a = db.symmetric(np.geomspace(0.1, 50.0, db.N), seed=1)
+    diag, b, x0 = rng.uniform(0.5, 2.0, db.N), rng.normal(size=db.N), rng.normal(size=db.N)
 
     def solve(a, diag, b, x0, unroll):
         return solvers.conjugate_gradient(
-            _operator_tensor(a), b, x0, damping=0.3,
+            db.operator(a), b, x0, damping=0.3,
             preconditioner=solvers.diagonal_preconditioner(diag),
             tol=1e-10, max_iterations=30, unroll=unroll,
         )
 
     looped, unrolled = looped_and_unrolled(
-        solve, tf.constant(a), _blocks(diag), _blocks(b), _blocks(x0)
+        solve, tf.constant(a), db.blocks(diag), db.blocks(b), db.blocks(x0)
     )
     assert int(looped.stop_reason) == solvers.RESIDUAL_TOLERANCE
     assert int(looped.num_iterations) < 30
-    np.testing.assert_allclose(_flat(unrolled.x), np.linalg.solve(a + 0.3 * np.eye(N), b),
+    np.testing.assert_allclose(db.flat(unrolled.x), np.linalg.solve(a + 0.3 * np.eye(db.N), b),
                                rtol=1e-8, atol=1e-8)
 
 
 def test_unrolled_cg_equals_looped_on_negative_curvature():
-    a = _symmetric(np.concatenate([[-1.0, -0.5], np.linspace(1.0, 3.0, N - 2)]), seed=5)
-    b = _blocks(np.random.default_rng(6).normal(size=N))
+    a = db.symmetric(np.concatenate([[-1.0, -0.5], np.linspace(1.0, 3.0, db.N - 2)]), seed=5)
+    b = db.blocks(np.random.default_rng(6).normal(size=db.N))
     looped, unrolled = looped_and_unrolled(
         lambda a, b, unroll: solvers.conjugate_gradient(
-            _operator_tensor(a), b, tol=0.0, epsilon=0.0, max_iterations=20, unroll=unroll
+            db.operator(a), b, tol=0.0, epsilon=0.0, max_iterations=20, unroll=unroll
         ),
         tf.constant(a), b,
     )
@@ -391,22 +362,22 @@ def test_unrolled_cg_equals_looped_on_negative_curvature():
 
 def test_unrolled_minres_equals_looped():
     rng = np.random.default_rng(7)
-    a = _symmetric(np.concatenate([np.linspace(-4.0, -0.3, 5), np.linspace(0.2, 6.0, N - 5)]),
+    a = db.symmetric(np.concatenate([np.linspace(-4.0, -0.3, 5), np.linspace(0.2, 6.0, db.N - 5)]),
                    seed=8)
-    b, x0, diag = rng.normal(size=N), rng.normal(size=N), rng.uniform(0.5, 2.0, N)
+    b, x0, diag = rng.normal(size=db.N), rng.normal(size=db.N), rng.uniform(0.5, 2.0, db.N)
 
     def solve(a, diag, b, x0, unroll):
         return solvers.minres(
-            _operator_tensor(a), b, x0, damping=0.05, tol=1e-10, max_iterations=40,
+            db.operator(a), b, x0, damping=0.05, tol=1e-10, max_iterations=40,
             preconditioner=solvers.diagonal_preconditioner(diag), unroll=unroll,
         )
 
     looped, unrolled = looped_and_unrolled(
-        solve, tf.constant(a), _blocks(diag), _blocks(b), _blocks(x0)
+        solve, tf.constant(a), db.blocks(diag), db.blocks(b), db.blocks(x0)
     )
     assert int(looped.stop_reason) == solvers.RESIDUAL_TOLERANCE
     assert int(looped.num_iterations) < 40
-    np.testing.assert_allclose(_flat(unrolled.x), np.linalg.solve(a + 0.05 * np.eye(N), b),
+    np.testing.assert_allclose(db.flat(unrolled.x), np.linalg.solve(a + 0.05 * np.eye(db.N), b),
                                rtol=1e-8, atol=1e-8)
 
 
@@ -414,14 +385,14 @@ def test_unrolled_solvers_run_with_all_reduces_in_replica_context(mirrored_strat
     # Inside strategy.run (as in a train step) each replica all-reduces its half of the
     # product: TensorFlow rejects that inside tf.while_loop, the unrolled solvers run it.
     strategy = mirrored_strategy
-    halves = np.stack([_symmetric(np.linspace(0.5, 4.0, N), 13),
-                       _symmetric(np.linspace(-0.4, 3.0, N), 14)])
-    b = _blocks(np.random.default_rng(15).normal(size=N))
+    halves = np.stack([db.symmetric(np.linspace(0.5, 4.0, db.N), 13),
+                       db.symmetric(np.linspace(-0.4, 3.0, db.N), 14)])
+    b = db.blocks(np.random.default_rng(15).normal(size=db.N))
     stacked = tf.constant(halves)
 
     def replica_fn(unroll):
         ctx = tf.distribute.get_replica_context()
-        local = _operator_tensor(tf.gather(stacked, ctx.replica_id_in_sync_group))
+        local = db.operator(tf.gather(stacked, ctx.replica_id_in_sync_group))
         matvec = lambda v: ctx.all_reduce("SUM", local(v))  # noqa: E731
         cg = solvers.conjugate_gradient(matvec, b, tol=1e-10, epsilon=0.0, max_iterations=15,
                                         unroll=unroll)
@@ -437,7 +408,7 @@ def test_unrolled_solvers_run_with_all_reduces_in_replica_context(mirrored_strat
         assert [int(r) for r in strategy.experimental_local_results(reason)] == [
             solvers.RESIDUAL_TOLERANCE
         ] * 2
-    expected = np.linalg.solve(halves.sum(0), _flat(b))
+    expected = np.linalg.solve(halves.sum(0), db.flat(b))
     for solution in solutions:
         for replica_x in strategy.experimental_local_results(solution):
-            np.testing.assert_allclose(_flat(replica_x), expected, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(db.flat(replica_x), expected, rtol=1e-8, atol=1e-10)

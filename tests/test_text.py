@@ -46,8 +46,11 @@ def test_ptb_char_format(tmp_path):
     np.testing.assert_array_equal(
         corpus.ids("test"), [vocab.index("a"), vocab.index("_"), len(vocab) - 1, vocab.index("\n")]
     )
-    x, y = next(iter(text.bptt_dataset(corpus.ids("train"), batch_size=2, window=3)))
-    assert x.shape == (2, 3)
+    train_ids = corpus.ids("train")
+    x, y = next(iter(text.bptt_dataset(train_ids, batch_size=2, window=3)))
+    stream = (len(train_ids) - 1) // 2  # row b starts at symbol b * stream
+    np.testing.assert_array_equal(x.numpy(), [train_ids[0:3], train_ids[stream:stream + 3]])
+    np.testing.assert_array_equal(y.numpy(), [train_ids[1:4], train_ids[stream + 1:stream + 4]])
 
 
 def test_ptb_missing_file_is_a_clear_error(tmp_path):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -79,14 +80,21 @@ def test_error_curve_matches_builders_test_error_at_sigma_zero():
     assert error == pytest.approx(float(np.mean((prediction - y) ** 2)), rel=1e-5)
 
 
-def test_annealed_run_records_sigma_and_moves():
+def test_annealed_run_moves_the_error_every_epoch():
     run = train.RunConfig(epochs=2, batch_size=500, verbose=0)
     spec = train.MethodSpec("diffusion", learning_rate=0.5, optimizer="annealed",
                             schedule="geometric", sigma0=0.5, sigma_rate=0.5)
+    keras.utils.set_random_seed(run.seed)  # as train_method does: the same initial weights
     model = train.build_model(run, spec, length=10)
     assert type(model.optimizer).__name__ == "AnnealedStep"
+    curve = train.ErrorCurve(*run.make_task().arrays("test"))
+    curve.set_model(model)
+    initial = curve.error()
     errors = train.train_method(run, spec)
     assert errors.shape == (2,) and np.isfinite(errors).all()
+    # Every annealed step has length learning_rate * sigma > 0: each epoch changes the error.
+    assert errors[0] != pytest.approx(initial, rel=1e-6)
+    assert errors[1] != pytest.approx(errors[0], rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -95,9 +103,9 @@ def test_annealed_run_records_sigma_and_moves():
         (lambda: train.MethodSpec(method="adam"), "'adam'"),
         (lambda: train.MethodSpec(learning_rate=-1.0), "-1.0"),
         (lambda: train.MethodSpec(sigma0=float("nan")), "nan"),
-        (lambda: train.MethodSpec(sigma_rate=0.0), "sigma_rate"),
+        (lambda: train.MethodSpec(sigma_rate=0.0), r"sigma_rate must be in \(0, 1\], got 0.0"),
         (lambda: train.MethodSpec(schedule="staged", sigma_stages=(1.0, 0.5)), "end at 0"),
-        (lambda: train.RunConfig(batch_size=0), "batch_size"),
+        (lambda: train.RunConfig(batch_size=0), "batch_size must be a finite number > 0, got 0"),
         (lambda: train.RunConfig(task="copy"), "'copy'"),
     ],
 )

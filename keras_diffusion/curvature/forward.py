@@ -5,7 +5,7 @@ directional derivative of ``f`` at ``theta`` along ``v`` (forward mode) and
 ``L{f, theta, u} = J^T u`` is back-propagation of ``u`` (reverse mode). Every curvature
 product in :mod:`keras_diffusion.curvature.products` is built from these two.
 
-Two ways to compute ``J v`` are provided:
+Three modes compute ``J v``:
 
 * ``"forward"``: ``tf.autodiff.ForwardAccumulator`` (one extra forward pass).
 * ``"double_backward"``: the VJP of a VJP. ``g(u) = J^T u`` is linear in ``u``, so the
@@ -43,7 +43,10 @@ _HALF = (tf.float16, tf.bfloat16)
 def check_mode(mode):
     """Returns ``mode`` if it is one of :data:`MODES`, else raises ``ValueError``."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; received mode={mode!r}.")
+        raise ValueError(
+            f"mode must be one of {MODES}; received mode={mode!r}. Use \"auto\" unless "
+            "you need a specific one."
+        )
     return mode
 
 
@@ -276,7 +279,8 @@ def vjp(fn, params, cotangents):
     for i, (o, c) in enumerate(zip(tf.nest.flatten(outputs), flat_cot)):
         if not o.shape.is_compatible_with(c.shape):
             raise ValueError(
-                f"cotangents entry {i} has shape {c.shape} but the output has shape {o.shape}."
+                f"cotangents entry {i} has shape {c.shape} but output {i} of fn(params) has "
+                f"shape {o.shape}; pass cotangents shaped like the outputs."
             )
     return Linearization(outputs, None, tape, params).vjp(cotangents)
 

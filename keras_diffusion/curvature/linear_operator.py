@@ -12,7 +12,7 @@ Example:
 xs = [tf.ones([2, 3]), tf.ones([4])]
 dot(xs, xs)                 # 10.0
 axpy(2.0, xs, xs)           # [3 * ones([2, 3]), 3 * ones([4])]
-flatten(xs).shape           # [10]
+norm(xs)                    # sqrt(10)
 ```
 """
 
@@ -45,13 +45,24 @@ def to_tensor(value, name):
     try:
         return tf.convert_to_tensor(value)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a tensor; received {value!r}.") from e
+        raise TypeError(
+            f"`{name}` must be a tensor (or array/Keras variable); received {value!r}. "
+            "Pass a tf.Tensor, numpy array or variable."
+        ) from e
 
 
 def check_positive_int(name, value):
     """Raises a ValueError unless ``value`` is a positive Python/numpy integer."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        raise ValueError(f"`{name}` must be a positive int (e.g. 10), got {value!r}.")
+
+
+def check_tolerance(name, value):
+    """Raises a ValueError unless ``value >= 0`` (a tolerance; 0 disables its test)."""
+    if not value >= 0:
+        raise ValueError(
+            f"`{name}` must be >= 0, got {value!r}; pass a nonnegative float such as 1e-6."
+        )
 
 
 def check_same_structure(xs, ys, x_name, y_name):
@@ -94,18 +105,6 @@ def zeros_like(xs):
     return [tf.zeros_like(x) for x in xs]
 
 
-def flatten(xs):
-    """Concatenates the blocks of ``xs`` into one 1-D tensor."""
-    return tf.concat([tf.reshape(x, [-1]) for x in xs], axis=0)
-
-
-def unflatten(flat, like):
-    """Splits a 1-D tensor into blocks shaped like the (static) shapes of ``like``."""
-    shapes = [x.shape for x in like]
-    sizes = [s.num_elements() for s in shapes]
-    return [tf.reshape(part, s) for part, s in zip(tf.split(flat, sizes), shapes)]
-
-
 def _specs(like):
     """Static shapes and dtypes of ``like`` (tensors, variables or Keras variables)."""
     if not isinstance(like, (list, tuple)) or not like:
@@ -117,7 +116,10 @@ def _specs(like):
     for v in like:
         shape = tf.TensorShape(v.shape)
         if not shape.is_fully_defined():
-            raise ValueError(f"`like` needs fully defined shapes, got {shape}.")
+            raise ValueError(
+                f"`like` needs fully defined shapes, got {shape}; build the model (or pass "
+                "concrete tensors) before drawing random vectors."
+            )
         specs.append((shape, tf.as_dtype(v.dtype)))
     return specs
 

@@ -183,8 +183,9 @@ class OutputFisher:
     ``F = (1/N) sum_i J_i^T F_out(r_i) J_i`` with ``N = outputs.shape[0]`` (the batch) and
     every other leading axis (e.g. time steps) treated as independent outputs that are
     summed. ``F_out`` is ``I / variance`` for a Gaussian with mean ``outputs`` (Pascanu 2014,
-    Eq. 4.27, which prints ``beta^2`` for ``1 / beta^2``), ``diag(s (1 - s))`` for Bernoulli logits (Eq. 4.39) and ``diag(p) - p p^T``
-    for categorical logits over the last axis (Eq. 4.41-4.42).
+    Eq. 4.27, which prints ``beta^2`` for ``1 / beta^2``), ``diag(s (1 - s))`` for Bernoulli
+    logits (Eq. 4.39) and ``diag(p) - p p^T`` for categorical logits over the last axis
+    (Eq. 4.41-4.42).
 
     Args:
         distribution: one of :data:`DISTRIBUTIONS`.

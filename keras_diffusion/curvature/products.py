@@ -57,6 +57,19 @@ def _hvp_double_backward(loss_fn, params, vectors):
     )
 
 
+def _hvp_with_mode(loss_fn, params, vectors, mode, key_fn):
+    """``H v`` of ``loss_fn`` by the mode's forward or double-backward product.
+
+    ``key_fn`` is the function whose forward-mode failures ``"auto"`` remembers.
+    """
+    return forward.run_with_mode(
+        key_fn,
+        mode,
+        lambda: _hvp_forward(loss_fn, params, vectors),
+        lambda: _hvp_double_backward(loss_fn, params, vectors),
+    )
+
+
 def hvp(loss_fn, params, vectors, mode="auto"):
     """Hessian-vector product ``H v`` of a scalar ``loss_fn(params)``.
 
@@ -80,12 +93,7 @@ def hvp(loss_fn, params, vectors, mode="auto"):
     """
     params = forward.as_list(params, "params")
     vectors = forward.check_vectors(params, forward.as_list(vectors, "vectors"))
-    result = forward.run_with_mode(
-        loss_fn,
-        mode,
-        lambda: _hvp_forward(loss_fn, params, vectors),
-        lambda: _hvp_double_backward(loss_fn, params, vectors),
-    )
+    result = _hvp_with_mode(loss_fn, params, vectors, mode, loss_fn)
     return [tf.cast(r, p.dtype) for r, p in zip(result, params)]
 
 
@@ -98,12 +106,7 @@ def _generic_output_hessian(loss_fn, mode):
         def flat_loss(flat_outputs):
             return loss_fn(tf.nest.pack_sequence_as(outputs, flat_outputs))
 
-        hu = forward.run_with_mode(
-            loss_fn,
-            mode,
-            lambda: _hvp_forward(flat_loss, flat, tf.nest.flatten(u)),
-            lambda: _hvp_double_backward(flat_loss, flat, tf.nest.flatten(u)),
-        )
+        hu = _hvp_with_mode(flat_loss, flat, tf.nest.flatten(u), mode, loss_fn)
         return tf.nest.pack_sequence_as(outputs, hu)
 
     return product
@@ -112,7 +115,10 @@ def _generic_output_hessian(loss_fn, mode):
 def _output_hessian(loss_fn, loss_hessian, mode):
     if loss_hessian is None:
         if loss_fn is None:
-            raise ValueError("ggn_vp needs loss_fn or loss_hessian; both are None.")
+            raise ValueError(
+                "ggn_vp needs loss_fn or loss_hessian; both are None. Pass the loss of the "
+                "outputs as loss_fn, or loss_hessian=from_keras_loss(loss, y_true)."
+            )
         return _generic_output_hessian(loss_fn, mode)
     if callable(loss_hessian):
         if isinstance(loss_hessian, keras.losses.Loss):

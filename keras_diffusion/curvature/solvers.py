@@ -11,7 +11,8 @@ all-reduce across replicas inside a replica context, where ``tf.while_loop`` is 
 References:
     Martens (2010), "Deep learning via Hessian-free optimization", ICML, sec. 4.3 (damping),
     4.4 (CG stopping rule), 4.5 (warm start), 4.6 (CG iterate backtracking).
-    Pascanu (2014), PhD thesis, sec. 4.1 (truncated Newton and Hessian-free optimization).
+    Pascanu (2014), PhD thesis, sec. 4.1.1 (truncated Newton), 4.1.2 (conjugate gradient),
+    4.3.2 (Hessian-free optimization).
     Paige & Saunders (1975), "Solution of sparse indefinite systems of linear equations",
     SIAM J. Numer. Anal. 12(4) (MINRES).
 """
@@ -64,7 +65,10 @@ def cg_save_schedule(max_iterations, gamma=1.3):
     """
     lo.check_positive_int("max_iterations", max_iterations)
     if not gamma > 1.0:
-        raise ValueError(f"`gamma` must be > 1 for a growing save schedule, got {gamma}.")
+        raise ValueError(
+            f"`gamma` must be > 1 for a growing save schedule, got {gamma!r}; Martens "
+            "(2010) uses 1.3."
+        )
     schedule, j = set(), 0
     while True:
         it = math.ceil(gamma**j)
@@ -163,9 +167,8 @@ def conjugate_gradient(
     """
     lo.check_positive_int("max_iterations", max_iterations)
     lo.check_positive_int("min_progress_window", min_progress_window)
-    for name, value in (("tol", tol), ("epsilon", epsilon)):
-        if not value >= 0:
-            raise ValueError(f"`{name}` must be >= 0 (0 disables the test), got {value}.")
+    lo.check_tolerance("tol", tol)
+    lo.check_tolerance("epsilon", epsilon)
     b = lo.as_vector(b, "b")
     dtype = b[0].dtype
     operator = _damped(matvec, damping, dtype)
@@ -289,8 +292,7 @@ def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iteratio
     ```
     """
     lo.check_positive_int("max_iterations", max_iterations)
-    if not tol >= 0:
-        raise ValueError(f"`tol` must be >= 0, got {tol}.")
+    lo.check_tolerance("tol", tol)
     b = lo.as_vector(b, "b")
     dtype = b[0].dtype
     operator = _damped(matvec, damping, dtype)

@@ -72,7 +72,7 @@ def power_iteration(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot, unr
     ```
     """
     lo.check_positive_int("max_iterations", max_iterations)
-    _check_tol(tol)
+    lo.check_tolerance("tol", tol)
     v = lo.as_vector(v0, "v0")
     v = lo.scale(1.0 / lo.norm(v, dot), v)
     zero = tf.zeros([], v[0].dtype)
@@ -251,9 +251,19 @@ def spectral_density(nodes, weights, grid, sigma):
 
     Returns:
         Density values, shape of ``grid``.
+
+    Example:
+
+    ```python
+    slq = stochastic_lanczos_quadrature(hvp_fn, params, num_probes=4, num_steps=30)
+    density = spectral_density(slq.nodes, slq.weights, tf.linspace(-1.0, 5.0, 200), 0.05)
+    ```
     """
     if isinstance(sigma, (int, float)) and not sigma > 0:
-        raise ValueError(f"`sigma` must be > 0, got {sigma}.")
+        raise ValueError(
+            f"`sigma` must be > 0, got {sigma!r}; pass a smoothing width of about the "
+            "spacing of the eigenvalues of interest (e.g. 0.05)."
+        )
     nodes = tf.reshape(nodes, [-1])
     weights = tf.cast(tf.reshape(weights, [-1]), nodes.dtype)
     grid = tf.cast(tf.convert_to_tensor(grid, dtype_hint=nodes.dtype), nodes.dtype)
@@ -291,7 +301,8 @@ def hutchinson_trace(matvec, like, num_probes, *, seed=(0, 0), dot=lo.dot, unrol
     lo.check_positive_int("num_probes", num_probes)
     if num_probes < 2:
         raise ValueError(
-            f"`num_probes` must be >= 2 to estimate a standard error, got {num_probes}."
+            f"`num_probes` must be >= 2 to estimate a standard error, got {num_probes}; "
+            "pass num_probes=2 or more."
         )
     specs = lo.as_vector(like, "like")
 
@@ -393,8 +404,3 @@ def _tridiagonal_eigh(alphas, betas):
 
 def _set_row(stack, i, row):
     return tf.tensor_scatter_nd_update(stack, [[i]], [row])
-
-
-def _check_tol(tol):
-    if not tol >= 0:
-        raise ValueError(f"`tol` must be >= 0, got {tol}.")

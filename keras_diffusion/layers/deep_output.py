@@ -65,7 +65,10 @@ class DeepOutput(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = check_widths(units, "DeepOutput units")
         if not self.units:
-            raise ValueError("DeepOutput needs at least one intermediate layer, got units=[].")
+            raise ValueError(
+                "DeepOutput needs at least one intermediate layer, got units=[]; give their "
+                "widths, e.g. units=[600] (thesis Table 6.1)."
+            )
         self.bandwidth = None if bandwidth is None else bandwidth_lib.resolve(bandwidth)
         self.activation = activation
         self._activation_fn = resolve_activation(activation, self.bandwidth)

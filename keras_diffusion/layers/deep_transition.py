@@ -86,6 +86,7 @@ def resolve_activation(activation, bandwidth):
 
 
 def serialize_activation(activation):
+    """A name stays a name (also for diffused activations); a callable goes through Keras."""
     return activation if isinstance(activation, str) else keras.activations.serialize(activation)
 
 
@@ -180,7 +181,10 @@ class DeepTransitionRNNCell(keras.layers.Layer, DropoutRNNCell):
             )
         for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {rate!r}.")
+                raise ValueError(
+                    f"{name} must be in [0, 1), got {rate!r}; give the fraction of units to "
+                    "drop, e.g. 0.1, or 0.0 for no dropout."
+                )
         self.shortcut = bool(shortcut)
         self.bandwidth = None if bandwidth is None else bandwidth_lib.resolve(bandwidth)
         self.activation = activation
@@ -395,7 +399,8 @@ class DeepTransitionRNN(keras.layers.RNN):
         if self.go_backwards or mask is not None:
             raise ValueError(
                 "The norm-preserving regularizer needs a forward, unmasked DeepTransitionRNN "
-                f"(got go_backwards={self.go_backwards}, mask given: {mask is not None})."
+                f"(got go_backwards={self.go_backwards}, mask given: {mask is not None}); "
+                "build the layer with go_backwards=False and feed it unmasked sequences."
             )
         width = projected.shape[-1]
         probe = ops.zeros(ops.shape(sequences)[:2] + (self.cell.units,), projected.dtype)

@@ -13,25 +13,6 @@ from keras_diffusion import activations as activations_lib
 from keras_diffusion import bandwidth as bandwidth_lib
 
 
-def check_activation(name):
-    """Returns ``name`` after checking that ``keras_diffusion.activations`` knows it."""
-    known = tuple(activations_lib.names())
-    if name not in known:
-        raise ValueError(f"Unknown diffused activation {name!r}; known activations: {known}.")
-    return name
-
-
-def check_slope(slope):
-    """Returns ``slope`` as a float after checking that it is finite and > 0."""
-    try:
-        value = float(slope)
-    except (TypeError, ValueError):
-        raise TypeError(f"slope must be a positive number, got {slope!r}.") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"slope must be finite and > 0 (h(x) = g(slope * x)), got {slope!r}.")
-    return value
-
-
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class DiffusedActivation(keras.layers.Layer):
     """Applies ``h~_sigma(x) = E[h(x + sigma z)]``, the diffused activation of Mobahi 2016.
@@ -47,7 +28,8 @@ class DiffusedActivation(keras.layers.Layer):
             ``None`` (a private bandwidth starting at 1.0).
         slope: ``a`` in ``h(x) = g(a x)`` (the ``a`` of the paper's ``erf(a x)``; ``sign``
             ignores it), finite and > 0; see ``keras_diffusion.activations``.
-        method: evaluation method handed to ``keras_diffusion.activations.diffused_mean``.
+        method: ``"fast"`` or ``"accurate"``, handed to
+            ``keras_diffusion.activations.diffused_mean``.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Example:
@@ -60,10 +42,10 @@ class DiffusedActivation(keras.layers.Layer):
 
     def __init__(self, activation, bandwidth=None, slope=1.0, method="fast", **kwargs):
         super().__init__(**kwargs)
-        self.activation = check_activation(activation)
+        self.activation = activations_lib.check_activation(activation)
         self.bandwidth = bandwidth_lib.resolve(bandwidth)
-        self.slope = check_slope(slope)
-        self.method = method
+        self.slope = activations_lib.check_slope(slope)
+        self.method = activations_lib.check_method(method)
         self.supports_masking = True
         self.built = True
 

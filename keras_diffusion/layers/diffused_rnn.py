@@ -46,7 +46,6 @@ from tensorflow.python.eager import record  # could_possibly_record: is a tape w
 
 from keras_diffusion import activations as activations_lib
 from keras_diffusion import bandwidth as bandwidth_lib
-from keras_diffusion.layers.diffused_activation import check_activation, check_slope
 
 
 def check_units(units):
@@ -58,15 +57,7 @@ def check_units(units):
 
 def check_penalty(penalty):
     """Returns the penalty weight ``lam`` as a float after checking that it is finite and >= 0."""
-    try:
-        value = float(penalty)
-    except (TypeError, ValueError):
-        raise TypeError(f"penalty must be a number >= 0, got {penalty!r}.") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(
-            f"penalty (lambda of Mobahi 2016, sec. 4.1) must be finite and >= 0, got {penalty!r}."
-        )
-    return value
+    return bandwidth_lib.check_nonnegative("penalty", penalty, " (lambda of Mobahi 2016, sec. 4.1)")
 
 
 def smoothing_penalty(mean, second_moment, kernel, sigma):
@@ -237,9 +228,12 @@ class DiffusedRNNCell(keras.layers.Layer):
 
     The state is the pre-activation ``m_t`` (not ``h(m_t)``); the initial state ``m_0`` is a
     learned weight (sec. 4.1), which :meth:`get_initial_state` broadcasts to the batch. The
-    cell's output is ``m_t`` as well. In ``keras.layers.RNN(cell)`` the cell runs the forward
-    pass of eq. (6); :class:`DiffusedRNN` runs the same cell with the input projection hoisted
-    out of the time loop and adds the recurrent variance term (3) of the diffused cost.
+    cell's output is ``m_t`` as well. In ``keras.layers.RNN(cell)`` the cell's :meth:`call`
+    runs the forward pass of eq. (6), step by step. :class:`DiffusedRNN` does not call it: it
+    uses the cell's weights and moment helpers (:meth:`project`, :meth:`hidden_moments`), hoists
+    the input projection out of the time loop, runs the fast erf/tanh/sigmoid recurrences as
+    one compiled op on ``u = c m`` (:func:`scaled_recurrence`) and adds the recurrent variance
+    term (3) of the diffused cost.
 
     Args:
         units: number of hidden units ``H`` (positive int).
@@ -247,7 +241,7 @@ class DiffusedRNNCell(keras.layers.Layer):
         bandwidth: shared :class:`keras_diffusion.Bandwidth`, a number or ``None``.
         slope: ``a`` in ``h(x) = g(a x)`` (the ``a`` of ``erf(a x)``).
         penalty: ``lam`` >= 0, weight of the smoothing term of ``V`` (used by ``DiffusedRNN``).
-        method: evaluation method handed to ``keras_diffusion.activations``.
+        method: ``"fast"`` or ``"accurate"``, handed to ``keras_diffusion.activations``.
         kernel_initializer, recurrent_initializer, bias_initializer, initial_state_initializer:
             initializers of ``U^T`` (inputs x H), ``V^T`` (H x H), ``a`` and ``m_0``.
         kernel_regularizer, recurrent_regularizer, bias_regularizer: optional regularizers.
@@ -283,11 +277,11 @@ class DiffusedRNNCell(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.units = check_units(units)
-        self.activation = check_activation(activation)
+        self.activation = activations_lib.check_activation(activation)
         self.bandwidth = bandwidth_lib.resolve(bandwidth)
-        self.slope = check_slope(slope)
+        self.slope = activations_lib.check_slope(slope)
         self.penalty = check_penalty(penalty)
-        self.method = method
+        self.method = activations_lib.check_method(method)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -395,7 +389,8 @@ class DiffusedRNN(keras.layers.Layer):
     the projection and ``V`` (:func:`loop_parameters`), as one op whose forward loop and
     hand-written backpropagation through time are XLA-compiled (:func:`scaled_recurrence`);
     term (3) is then formed from the stored ``u_0 .. u_{T-1}`` by one compiled reduction
-    (:func:`scaled_sums`). Otherwise (other activations, ``method="accurate"``, ``unroll=True``)
+    (:func:`scaled_sums`). Otherwise (other activations, ``method="accurate"``, half-precision
+    inputs, ``unroll=True``)
     the Keras RNN time loop runs on ``m`` and, with ``penalty > 0``, keeps two running sums
     over time of ``h~2(m)`` and ``h~(m)^2``; term (3) is linear in them. The layer returns the
     componentwise ``(mean, second_moment)`` of ``h(m_t)`` under the smoothing, ``h~(m_t)`` and
@@ -569,7 +564,7 @@ class DiffusedOutput(keras.layers.Layer):
         bandwidth: shared :class:`keras_diffusion.Bandwidth`, a number or ``None``.
         slope: ``a`` in ``h(x) = g(a x)`` (the ``a`` of ``erf(a x)``).
         penalty: ``lam`` >= 0, weight of the smoothing term of ``W``.
-        method: evaluation method handed to ``keras_diffusion.activations``.
+        method: ``"fast"`` or ``"accurate"``, handed to ``keras_diffusion.activations``.
         use_bias: whether to add ``b``.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         kernel_constraint, bias_constraint: as in ``keras.layers.Dense``.
@@ -602,11 +597,11 @@ class DiffusedOutput(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.units = check_units(units)
-        self.activation = check_activation(activation)
+        self.activation = activations_lib.check_activation(activation)
         self.bandwidth = bandwidth_lib.resolve(bandwidth)
-        self.slope = check_slope(slope)
+        self.slope = activations_lib.check_slope(slope)
         self.penalty = check_penalty(penalty)
-        self.method = method
+        self.method = activations_lib.check_method(method)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)

@@ -66,12 +66,9 @@ class AnnealedStep(keras.optimizers.Optimizer):
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self._source = _SigmaSource(bandwidth)
-        try:
-            self.sigma_floor = bandwidth_lib.check_sigma(sigma_floor)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"sigma_floor must be a finite number >= 0, got {sigma_floor!r}."
-            ) from None
+        self.sigma_floor = bandwidth_lib.check_nonnegative(
+            "sigma_floor", sigma_floor, " (0 follows sec. 5.2 literally)"
+        )
 
     def build(self, variables):
         if self.built:
@@ -149,13 +146,6 @@ class AnnealedStep(keras.optimizers.Optimizer):
         config.update(bandwidth=self.get_bandwidth(), sigma_floor=self.sigma_floor)
         return config
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        if isinstance(config.get("bandwidth"), dict):
-            config["bandwidth"] = bandwidth_lib.resolve(config["bandwidth"])
-        return super().from_config(config, custom_objects=custom_objects)
-
 
 class _SigmaSource:
     """Holds the optimizer's Bandwidth out of sight of ``.keras`` saving.
@@ -181,7 +171,7 @@ def _resolve_bandwidth(bandwidth):
                 "AnnealedStep needs exactly one: pass the keras_diffusion.Bandwidth to use."
             )
         return found[0]
-    if isinstance(bandwidth, dict):
+    if isinstance(bandwidth, dict):  # a serialized Bandwidth, from get_config
         return bandwidth_lib.resolve(bandwidth)
     try:
         return bandwidth_lib.check_sigma(bandwidth)

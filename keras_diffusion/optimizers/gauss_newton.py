@@ -5,7 +5,8 @@ Pascanu (2014, thesis), Sec. 4.1 and 4.3.2: the generalized Gauss-Newton matrix
 the outputs) is positive semi-definite, so with Tikhonov damping ``lambda > 0`` the quadratic
 model ``q(d) = g^T d + 1/2 d^T (G + lambda I) d`` has the unique minimizer solved for here by
 conjugate gradient (truncated after ``cg_max_iters`` steps), using only ``G``-vector products.
-This is Hessian-free optimization with a FIXED damping and no CG warm start or backtracking:
+This is Hessian-free optimization (Martens 2010) with a FIXED damping (sec. 4.3 there adapts
+it by Levenberg-Marquardt) and no CG warm start (sec. 4.5) or backtracking (sec. 4.6):
 the minimal closure optimizer, kept simple so that its steps can be checked against dense
 linear algebra.
 """
@@ -61,10 +62,10 @@ class GaussNewton(ClosureOptimizer):
             )
         if not (isinstance(cg_max_iters, int) and cg_max_iters > 0):
             raise ValueError(
-                f"cg_max_iters must be a positive int, got {cg_max_iters!r}."
+                f"cg_max_iters must be a positive int, got {cg_max_iters!r}; e.g. 50."
             )
         if not cg_tol >= 0:
-            raise ValueError(f"cg_tol must be >= 0, got {cg_tol}.")
+            raise ValueError(f"cg_tol must be >= 0, got {cg_tol!r}; e.g. 1e-6.")
         self.damping = float(damping)
         self.cg_max_iters = cg_max_iters
         self.cg_tol = float(cg_tol)

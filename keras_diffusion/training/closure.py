@@ -17,7 +17,8 @@ of the per-replica losses is the objective of the global batch. Accordingly:
   replica sees the global objective and its products, so vectors built from them are
   replicated (identical on every replica);
 - ``distributed`` tells whether that all-reduce happens; TensorFlow forbids it inside
-  ``tf.while_loop``, so iterative solvers then run with ``unroll=True`` (``keras_diffusion.curvature``);
+  ``tf.while_loop``, so iterative solvers then run with ``unroll=True``
+  (``keras_diffusion.curvature``);
 - ``dot`` is therefore the plain local dot product of replicated vectors (summing it over
   replicas would count it ``num_replicas`` times); ``all_reduce`` sums a list of per-replica
   tensors for quantities an optimizer builds from the local functions itself.
@@ -46,7 +47,7 @@ import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
 from keras.src.losses.losses import LossFunctionWrapper
 
-from keras_diffusion.curvature import float32_policy, loss_hessians, products
+from keras_diffusion.curvature import float32_policy, linear_operator, loss_hessians, products
 
 
 def _replica_context():
@@ -55,11 +56,6 @@ def _replica_context():
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return None
     return ctx
-
-
-def _flat_dot(a, b):
-    """Sum of elementwise products over two lists of tensors."""
-    return tf.add_n([tf.reduce_sum(ai * bi) for ai, bi in zip(a, b)])
 
 
 class Closure:
@@ -206,7 +202,7 @@ class Closure:
 
     def dot(self, a, b):
         """Inner product of two lists of replicated tensors shaped like ``params``."""
-        return _flat_dot(a, b)
+        return linear_operator.dot(a, b)
 
     def loss(self, params=None):
         """The total loss of the global batch at ``params`` (identical on every replica)."""

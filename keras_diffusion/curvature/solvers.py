@@ -177,12 +177,7 @@ def conjugate_gradient(
     num_slots = len(schedule) + 1
     is_scheduled = tf.constant([i in schedule for i in range(max_iterations + 1)])
 
-    if x0 is None:
-        x, r = lo.zeros_like(b), b
-    else:
-        x = lo.as_vector(x0, "x0")
-        lo.check_same_structure(b, x, "b", "x0")
-        r = lo.axpy(-1.0, list(operator(x)), b)
+    x, r = _initial_residual(operator, b, x0)
     b_norm = lo.norm(b, dot)
     z = list(precondition(r))
     rz = dot(r, z)
@@ -297,12 +292,7 @@ def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iteratio
     dtype = b[0].dtype
     operator = _damped(matvec, damping, dtype)
     precondition = preconditioner or (lambda v: v)
-    if x0 is None:
-        x, r1 = lo.zeros_like(b), b
-    else:
-        x = lo.as_vector(x0, "x0")
-        lo.check_same_structure(b, x, "b", "x0")
-        r1 = lo.axpy(-1.0, list(operator(x)), b)
+    x, r1 = _initial_residual(operator, b, x0)
     y = list(precondition(r1))
     beta1 = tf.sqrt(tf.maximum(dot(r1, y), 0.0))
     mb = list(precondition(b))
@@ -364,6 +354,15 @@ def _store(stored, iterations, phis, row, x, i, phi):
         tf.tensor_scatter_nd_update(iterations, index, [i]),
         tf.tensor_scatter_nd_update(phis, index, [phi]),
     )
+
+
+def _initial_residual(operator, b, x0):
+    """The starting iterate (``x0`` or zeros) and its residual ``b - A x``."""
+    if x0 is None:
+        return lo.zeros_like(b), b
+    x = lo.as_vector(x0, "x0")
+    lo.check_same_structure(b, x, "b", "x0")
+    return x, lo.axpy(-1.0, list(operator(x)), b)
 
 
 def _damped(matvec, damping, dtype):

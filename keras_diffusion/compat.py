@@ -1,0 +1,165 @@
+"""Every private Keras / TensorFlow API the package relies on, in one place.
+
+Keras 3 exposes no public way to run a model's compiled loss outside ``train_step``, to hook
+an optimizer's all-gradients update, or to drive the recurrent loop of ``keras.layers.RNN``;
+TensorFlow none to ask whether a tape is recording or to call ``merge_call`` from optimizer
+code. The package needs each of these; it reaches them only through this module, and
+``tests/test_compat.py`` checks each entry against the installed Keras and TensorFlow, so
+that a release that changes one fails loudly there instead of silently elsewhere.
+
+Public names are used wherever they exist (``keras.StatelessScope``,
+``keras.random.SeedGenerator``, ``keras.utils.unpack_x_y_sample_weight``): they are not here.
+
+``TESTED_KERAS`` and ``TESTED_TENSORFLOW`` are the version ranges this module was checked
+against; ``setup.py`` pins the same ranges.
+"""
+
+import keras
+import tensorflow as tf
+from keras.src import backend as _keras_backend
+from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+from keras.src.losses import loss as _loss_module
+from keras.src.losses.losses import LossFunctionWrapper
+from tensorflow.core.framework import summary_pb2
+from tensorflow.python.eager import record as _record
+
+TESTED_KERAS = (">=3.10", "<3.16")
+TESTED_TENSORFLOW = (">=2.21", "<2.22")
+
+__all__ = [
+    "DropoutRNNCell",
+    "LossFunctionWrapper",
+    "all_reduce_sum_gradients",
+    "call_has_training_arg",
+    "check_backend",
+    "compile_loss",
+    "compute_loss",
+    "distributed_update_step",
+    "flat_losses",
+    "flatten_layers",
+    "loss_tracker",
+    "maybe_merge_call",
+    "optimizer_strategy",
+    "rnn_loop",
+    "scalar_summary_metadata",
+    "scale_loss_for_distribution",
+    "symbolic_build",
+    "tape_is_recording",
+    "unscale_loss_for_distribution",
+]
+
+
+def check_backend():
+    """Raises ``ImportError`` unless Keras runs on the TensorFlow backend.
+
+    The package builds on ``tf.GradientTape``, ``tf.autodiff.ForwardAccumulator`` and
+    ``tf.distribute``; it does not choose the backend for the user.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ImportError(
+            f"keras_diffusion needs the TensorFlow backend of Keras 3, but Keras is running on "
+            f"{backend!r}. Set the environment variable KERAS_BACKEND=tensorflow before "
+            "importing keras (or edit ~/.keras/keras.json)."
+        )
+
+
+# Models and their compiled loss.
+
+
+def symbolic_build(model, data_batch):
+    """Builds every layer of ``model`` from one batch without running a step."""
+    model._symbolic_build(data_batch=data_batch)
+
+
+def call_has_training_arg(model):
+    """Whether ``model.call`` takes a ``training`` argument."""
+    return model._call_has_training_arg
+
+
+def compute_loss(model, x, y, y_pred, sample_weight, training=True):
+    """The total loss ``keras.Model.train_step`` minimizes (compiled loss, ``add_loss``
+    terms, regularizers), scaled by ``1 / num_replicas`` under a strategy."""
+    return model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+    )
+
+
+def loss_tracker(model):
+    """The ``Mean`` metric behind the ``loss`` entry of ``fit``'s logs."""
+    return model._loss_tracker
+
+
+def compile_loss(model):
+    """The ``CompileLoss`` made by ``model.compile(loss=...)``, or ``None``."""
+    return model._compile_loss
+
+
+def flat_losses(compiled):
+    """The ``(name, loss, weight, output_index)`` entries of a built ``CompileLoss``."""
+    return compiled._flat_losses
+
+
+def flatten_layers(model, include_self=True):
+    """Every layer inside ``model`` (recursively, shared layers once)."""
+    return list(model._flatten_layers(include_self=include_self, recursive=True))
+
+
+def unscale_loss_for_distribution(loss):
+    """Undoes Keras's ``1 / num_replicas`` scaling of a replica's loss."""
+    return _loss_module.unscale_loss_for_distribution(loss)
+
+
+def scale_loss_for_distribution(loss):
+    """Applies Keras's ``1 / num_replicas`` scaling to a replica's loss."""
+    return _loss_module.scale_loss_for_distribution(loss)
+
+
+# Optimizers.
+
+#: Name of the hook ``keras.optimizers.Optimizer.apply`` calls with every gradient at once
+#: (``(grads, trainable_variables, learning_rate)``); overriding it gives an optimizer the
+#: global view of a step (a global norm, a non-finite check) under ``tf.distribute``.
+BACKEND_UPDATE_STEP = "_backend_update_step"
+
+
+def optimizer_strategy(optimizer):
+    """The ``tf.distribute`` strategy an optimizer was built under."""
+    return optimizer._distribution_strategy
+
+
+def all_reduce_sum_gradients(optimizer, grads_and_vars):
+    """Sums ``(gradient, variable)`` pairs over replicas (a no-op on one device)."""
+    return optimizer._all_reduce_sum_gradients(grads_and_vars)
+
+
+def distributed_update_step(optimizer, distribution, grads_and_vars, learning_rate):
+    """Applies ``optimizer.update_step`` to each pair on every replica's variable copy."""
+    return optimizer._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+
+
+def maybe_merge_call(fn, strategy, *args, **kwargs):
+    """Calls ``fn(distribution, *args)`` in cross-replica context (directly outside one)."""
+    return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args, **kwargs)
+
+
+# Autodiff and layers.
+
+
+def tape_is_recording():
+    """Whether any ``GradientTape`` or ``ForwardAccumulator`` may record the ops run now."""
+    return _record.could_possibly_record()
+
+
+def rnn_loop(*args, **kwargs):
+    """The time loop of ``keras.layers.RNN`` (``keras.src.backend.rnn``)."""
+    return _keras_backend.rnn(*args, **kwargs)
+
+
+def scalar_summary_metadata():
+    """Summary metadata that marks a ``tf.summary.write`` as a TensorBoard scalar without
+    the ``tensorboard`` package."""
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )

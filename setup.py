@@ -1,4 +1,10 @@
-"""Installs keras_diffusion, the paper experiments (`models`) and the entry points (`scripts`)."""
+"""Installs the keras_diffusion library only.
+
+The paper experiments (`models/`) and their entry points (`scripts/`) stay in the clone: run
+them from there (`python scripts/train.py`); they find the clone's root themselves.
+The keras / tensorflow ranges are the ones `keras_diffusion/compat.py` was tested against
+(`TESTED_KERAS`, `TESTED_TENSORFLOW`); `tests/test_compat.py` checks that both agree.
+"""
 from setuptools import find_packages, setup
 
 setup(
@@ -11,11 +17,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_diffusion", "keras_diffusion.*", "models", "models.*", "scripts"]),
-    package_data={"models": ["data/*"]},
+    packages=find_packages(include=["keras_diffusion", "keras_diffusion.*"]),
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        "keras>=3.10",
+        "keras>=3.10,<3.16",
         "numpy",
         "absl-py",
         "matplotlib",

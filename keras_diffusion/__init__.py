@@ -3,13 +3,16 @@
 Submodules: ``activations`` (diffused activation functions), ``layers``, ``losses``,
 ``callbacks`` (sigma schedules), ``optimizers``, ``curvature`` (products, spectra, solvers),
 ``regularizers`` (Omega), ``initializers``.
+
+The package runs on the TensorFlow backend of Keras 3 (Keras's default). It does not choose
+the backend: importing it under another backend (``KERAS_BACKEND=jax``) raises an
+``ImportError`` naming the fix.
 """
 
-import os
+from keras_diffusion import compat
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+compat.check_backend()
 
-# isort: off  (the backend must be chosen before Keras is imported)
 from keras_diffusion import activations  # noqa: E402
 from keras_diffusion import callbacks  # noqa: E402
 from keras_diffusion import curvature  # noqa: E402

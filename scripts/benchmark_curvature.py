@@ -17,8 +17,13 @@ TensorFlow time as a ratio to JAX's for the same product.
     python scripts/benchmark_curvature.py --quick         # tiny sizes, seconds
 """
 
+import os
 import statistics
+import sys
 import time
+
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 

@@ -14,6 +14,8 @@ sequence), which measures the hoisting.
 """
 
 import math
+import os
+import sys
 import time
 
 from absl import app, flags
@@ -21,7 +23,10 @@ from absl import app, flags
 import keras
 import numpy as np
 
-from keras_diffusion.layers import DeepOutput, DeepTransitionRNN, DeepTransitionRNNCell
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_diffusion.layers import DeepOutput, DeepTransitionRNN, DeepTransitionRNNCell  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 32, "Sequences per batch.")

@@ -21,6 +21,7 @@ Example:
 """
 
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +30,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_diffusion as kd  # noqa: E402
 from keras_diffusion.layers.diffused_rnn import DiffusedOutput, DiffusedRNN, DiffusedRNNCell  # noqa: E402

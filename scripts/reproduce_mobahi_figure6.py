@@ -38,6 +38,7 @@ import json
 import math
 import multiprocessing
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -45,7 +46,10 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from scripts import train
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts import train  # noqa: E402
 
 SCHEDULE_FRACTIONS = (0.05, 0.1, 0.2, 0.4)
 

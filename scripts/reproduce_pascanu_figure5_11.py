@@ -17,6 +17,8 @@ Usage:
   python scripts/reproduce_pascanu_figure5_11.py --lengths=20,50,100 --seeds=2 --updates=3000
 """
 
+import os
+import sys
 import time
 
 from absl import app, flags
@@ -24,9 +26,12 @@ from absl import app, flags
 import keras
 import numpy as np
 
-from keras_diffusion.regularizers import NormPreservingModel
-from models import pathological, rnn_builders
-from scripts import reporting
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_diffusion.regularizers import NormPreservingModel  # noqa: E402
+from models import pathological, rnn_builders  # noqa: E402
+from scripts import reporting  # noqa: E402
 
 FLAGS = flags.FLAGS
 METHODS = ("sgd", "sgd_c", "sgd_cr")

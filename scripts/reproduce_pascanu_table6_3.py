@@ -20,6 +20,8 @@ Usage:
 """
 
 import math
+import os
+import sys
 import time
 
 from absl import app, flags
@@ -27,8 +29,11 @@ from absl import app, flags
 import keras
 import tensorflow as tf
 
-from models import rnn_builders, text
-from scripts import reporting
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models import rnn_builders, text  # noqa: E402
+from scripts import reporting  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny CI run: small budget, a few steps, short evaluation.")

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -32,10 +33,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_diffusion
-from keras_diffusion.losses import SequenceSquaredError
-from keras_diffusion.optimizers import AnnealedStep
-from models import adding, builders
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras_diffusion  # noqa: E402
+from keras_diffusion.losses import SequenceSquaredError  # noqa: E402
+from keras_diffusion.optimizers import AnnealedStep  # noqa: E402
+from models import adding, builders  # noqa: E402
 
 METHODS = ("diffusion", "sgd")
 OPTIMIZERS = ("sgd", "annealed")

@@ -2,16 +2,12 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import script_runner
 from scripts import reproduce_mobahi_figure6 as figure6
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def settings(**overrides):
@@ -24,11 +20,8 @@ def settings(**overrides):
 
 
 def test_quick_run_writes_a_sane_table(tmp_path):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "reproduce_mobahi_figure6.py"),
-         "--quick", f"--output_dir={tmp_path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    proc = script_runner.run_script(
+        "reproduce_mobahi_figure6.py", "--quick", f"--output_dir={tmp_path}"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "results.json") as f:

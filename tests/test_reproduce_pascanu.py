@@ -1,18 +1,14 @@
 """Tests for models/rnn_builders.py and the quick modes of the two Pascanu reproductions."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
+import script_runner
 from models import pathological, rnn_builders
 from scripts import reporting
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("kind", rnn_builders.CHAR_LM_KINDS)
@@ -107,11 +103,7 @@ def test_reporting_table_and_json(tmp_path, capsys):
 
 
 def _run_script(name, *args):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", name), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+    proc = script_runner.run_script(name, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

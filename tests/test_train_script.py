@@ -1,27 +1,19 @@
 """scripts/train.py: the sec. 7 comparison end to end with tiny flags, and its pieces."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
+import script_runner
 import keras_diffusion
 from models import builders
 from scripts import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def run_script(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+    return script_runner.run_script("train.py", *args)
 
 
 def test_main_job_writes_summary_curves_and_plot(tmp_path):

@@ -1,0 +1,21 @@
+"""Runs a script of ``scripts/`` as a user of a clone does: ``python scripts/<name>.py``.
+
+``PYTHONPATH`` is removed from the environment: the script must find the clone's ``models``
+and ``scripts`` itself (they are not installed, see ``setup.py``).
+"""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(name, *args, timeout=300):
+    """``subprocess.run`` of ``scripts/<name>`` with ``args``; returns the completed process."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", name), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -96,7 +96,8 @@ def compile_loss(model):
 
 
 def flat_losses(compiled):
-    """The ``(name, loss, weight, output_index)`` entries of a built ``CompileLoss``."""
+    """The entries of a built ``CompileLoss``: 4-tuples ``(path, loss, weight, name)``, one per
+    loss (``loss`` a ``keras.losses.Loss``, ``weight`` ``None`` or a float)."""
     return compiled._flat_losses
 
 

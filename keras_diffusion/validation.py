@@ -17,6 +17,10 @@ Example:
 import math
 import numbers
 
+import keras
+import numpy as np
+import tensorflow as tf
+
 
 def _hint(hint):
     return f" {hint}" if hint else ""
@@ -79,4 +83,31 @@ def one_of(name, value, choices):
     """``value`` after checking that it is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+    return value
+
+
+def if_known(check, name, value, hint=""):
+    """``value`` unchanged, after ``check(name, number, hint)`` when its number is known now.
+
+    For arguments that may be tensors (a damping held in an optimizer variable): a Python or
+    numpy number (or anything that is not a tensor or variable, e.g. ``None``), or a scalar
+    tensor whose value is known while tracing (``tf.get_static_value``), is checked; a
+    variable or a tensor computed at run time passes unchecked.
+
+    Example:
+
+    >>> if_known(nonnegative, "damping", tf.constant(0.5))
+    <tf.Tensor: shape=(), dtype=float32, numpy=0.5>
+    """
+    if isinstance(value, (tf.Variable, keras.Variable)):
+        return value
+    if tf.is_tensor(value):
+        number = tf.get_static_value(value)
+        if number is None or np.ndim(number) != 0:
+            return value
+    else:
+        number = value
+    if isinstance(number, np.generic):
+        number = number.item()
+    check(name, number, hint)
     return value

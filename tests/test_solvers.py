@@ -1,5 +1,6 @@
 """Tests for keras_diffusion.curvature.solvers against dense numpy linear algebra."""
 
+import collections
 import math
 
 import dense_blocks as db
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_diffusion.curvature import solvers
+from keras_diffusion.curvature import loops, solvers
 
 
 def _martens_cg(a, b, max_iterations, epsilon=5e-4):
@@ -179,6 +180,61 @@ def test_bad_max_iterations_raise(bad):
         solvers.conjugate_gradient(op, b, max_iterations=bad)
     with pytest.raises(ValueError, match="max_iterations"):
         solvers.minres(op, b, max_iterations=bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(damping=-1e-3), r"`damping` must be finite and >= 0, got -0.001.*minres"),
+        (dict(damping=tf.constant(-1.0)), r"`damping` must be finite and >= 0"),
+        (dict(damping=float("inf")), r"`damping` must be a finite real number, got inf"),
+        (dict(tol=float("nan")), r"`tol` must be a finite real number, got nan.*1e-6"),
+        (dict(tol=-1.0), r"`tol` must be finite and >= 0"),
+        (dict(max_iterations=float("inf")), r"`max_iterations` must be an integer >= 1, got inf"),
+        (dict(epsilon=float("inf")), r"`epsilon` must be a finite real number"),
+        (dict(progress_window_fraction=1.5), r"`progress_window_fraction` must be in \[0, 1\]"),
+        (dict(min_progress_window=0), r"`min_progress_window` must be an integer >= 1"),
+    ],
+)
+def test_cg_refuses_bad_hyperparameters_naming_value_and_fix(kwargs, message):
+    b = db.blocks(np.ones(db.N))
+    with pytest.raises(ValueError, match=message):
+        solvers.conjugate_gradient(db.operator(np.eye(db.N)), b, **kwargs)
+
+
+def test_minres_accepts_a_negative_shift_but_not_a_non_finite_one():
+    a = np.diag(np.linspace(1.0, 3.0, db.N))
+    b = db.blocks(np.ones(db.N))
+    result = solvers.minres(db.operator(a), b, damping=-0.5, tol=1e-12)
+    np.testing.assert_allclose(db.flat(result.x), 1.0 / (np.diag(a) - 0.5), rtol=1e-8)
+    for bad, message in ((float("nan"), "finite real number, got nan"),
+                         (float("inf"), "finite real number, got inf")):
+        with pytest.raises(ValueError, match=f"`damping` must be a {message}"):
+            solvers.minres(db.operator(a), b, damping=bad)
+    with pytest.raises(ValueError, match="`tol` must be a finite real number"):
+        solvers.minres(db.operator(a), b, tol=float("inf"))
+
+
+def test_cg_damping_in_a_variable_is_used_unchecked():
+    a = np.diag(np.linspace(1.0, 2.0, db.N))
+    b = db.blocks(np.ones(db.N))
+    damping = tf.Variable(0.5, dtype=tf.float64)
+    result = solvers.conjugate_gradient(db.operator(a), b, damping=damping, tol=1e-12)
+    np.testing.assert_allclose(db.flat(result.x), 1.0 / (np.diag(a) + 0.5), rtol=1e-8)
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_run_loop_keeps_a_named_tuple_state(unroll):
+    State = collections.namedtuple("State", ["i", "total"])
+    final = loops.run_loop(
+        lambda s: s.total < 10.0,
+        lambda s: State(s.i + 1, s.total + tf.cast(s.i, tf.float32)),
+        State(tf.constant(0), tf.constant(0.0)),
+        20,
+        unroll,
+    )
+    assert isinstance(final, State)
+    assert (int(final.i), float(final.total)) == (5, 10.0)
 
 
 def test_mismatched_structures_raise():

@@ -167,6 +167,22 @@ def test_bad_arguments_raise():
         spectra.spectral_density([1.0], [1.0], [0.0], sigma=0.0)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e-6])
+def test_non_finite_or_negative_tolerances_name_the_value_and_fix(bad):
+    op, v0 = db.operator(INDEFINITE), db.blocks(V0)
+    for estimate in (spectra.power_iteration, spectra.smallest_eigenvalue):
+        with pytest.raises(ValueError, match=rf"`tol` must be .*{bad}.*1e-6"):
+            estimate(op, v0, tol=bad)
+    with pytest.raises(ValueError, match=r"`max_iterations` must be an integer >= 1, got inf"):
+        spectra.power_iteration(op, v0, max_iterations=float("inf"))
+    with pytest.raises(ValueError, match=r"`num_probes` must be an integer >= 2, got 1\. Two"):
+        spectra.hutchinson_trace(op, db.LIKE, 1)
+    with pytest.raises(ValueError, match=r"`num_steps` must be an integer >= 1, got nan"):
+        spectra.stochastic_lanczos_quadrature(op, db.LIKE, 2, float("nan"))
+    with pytest.raises(ValueError, match=r"`sigma` must be finite and > 0.*0\.05"):
+        spectra.spectral_density([1.0], [1.0], [0.0], sigma=tf.constant(-1.0))
+
+
 def test_two_replica_products_give_the_single_device_spectra(mirrored_strategy):
     # Each replica holds half of the curvature (A = A_0 + A_1, as for a split batch); the
     # estimators run in cross-replica context on the replica-summed product.

@@ -17,7 +17,6 @@ norm(xs)                    # sqrt(10)
 """
 
 import math
-import numbers
 
 import keras
 import tensorflow as tf
@@ -49,20 +48,6 @@ def to_tensor(value, name):
             f"`{name}` must be a tensor (or array/Keras variable); received {value!r}. "
             "Pass a tf.Tensor, numpy array or variable."
         ) from e
-
-
-def check_positive_int(name, value):
-    """Raises a ValueError unless ``value`` is a positive Python/numpy integer."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int (e.g. 10), got {value!r}.")
-
-
-def check_tolerance(name, value):
-    """Raises a ValueError unless ``value >= 0`` (a tolerance; 0 disables its test)."""
-    if not value >= 0:
-        raise ValueError(
-            f"`{name}` must be >= 0, got {value!r}; pass a nonnegative float such as 1e-6."
-        )
 
 
 def check_same_structure(xs, ys, x_name, y_name):

@@ -1,8 +1,9 @@
 """Loop drivers shared by the iterative solvers and spectral estimators.
 
-Every algorithm of `solvers` and `spectra` is written once, as a loop state, a ``cond`` and a
-``body``; `run_loop` runs it either as a ``tf.while_loop`` (the default: a graph of constant
-size) or unrolled as straight-line graph code (``unroll=True``).
+Every algorithm of `solvers` and `spectra` is written once, as a loop state (a named tuple of
+tensors), a ``cond`` and a ``body`` on that state; `run_loop` runs it either as a
+``tf.while_loop`` (the default: a graph of constant size) or unrolled as straight-line graph
+code (``unroll=True``).
 
 Why unroll: inside a replica context of ``tf.distribute.MirroredStrategy`` (e.g. a train step
 of ``model.fit``) a cross-replica all-reduce goes through ``merge_call``, which TensorFlow
@@ -17,14 +18,17 @@ with ``max_iterations`` and iterations after the stop still cost one evaluation 
 Example:
 
 ```python
-def cond(i, total):
-    return total < 10.0
+State = collections.namedtuple("State", ["i", "total"])
 
-def body(i, total):
-    return i + 1, total + tf.cast(i, tf.float32)
+def cond(s):
+    return s.total < 10.0
 
-run_loop(cond, body, (tf.constant(0), tf.constant(0.0)), 20)               # (5, 10.0)
-run_loop(cond, body, (tf.constant(0), tf.constant(0.0)), 20, unroll=True)  # (5, 10.0)
+def body(s):
+    return State(s.i + 1, s.total + tf.cast(s.i, tf.float32))
+
+start = State(tf.constant(0), tf.constant(0.0))
+run_loop(cond, body, start, 20)               # State(i=5, total=10.0)
+run_loop(cond, body, start, 20, unroll=True)  # State(i=5, total=10.0)
 ```
 """
 
@@ -32,13 +36,13 @@ import tensorflow as tf
 
 
 def run_loop(cond, body, state, max_iterations, unroll=False):
-    """Runs ``state = body(*state)`` while ``cond(*state)``, at most ``max_iterations`` times.
+    """Runs ``state = body(state)`` while ``cond(state)``, at most ``max_iterations`` times.
 
     Args:
-        cond: callable on the unpacked state returning a scalar boolean tensor.
-        body: callable on the unpacked state returning the next state (same structure,
-            dtypes and shapes).
-        state: tuple of (nested lists of) tensors.
+        cond: callable on the state returning a scalar boolean tensor.
+        body: callable on the state returning the next state (same structure, dtypes and
+            shapes).
+        state: a nest of tensors, typically a named tuple (``tf.while_loop`` keeps it).
         max_iterations: Python int, the most evaluations of ``body``; the unrolled driver
             evaluates ``body`` exactly this many times.
         unroll: ``False`` runs a ``tf.while_loop``; ``True`` unrolls the loop in Python with
@@ -46,13 +50,16 @@ def run_loop(cond, body, state, max_iterations, unroll=False):
             replicas inside a replica context, see the module docstring).
 
     Returns:
-        The final state, a tuple with the structure of ``state``.
+        The final state, with the structure of ``state``.
     """
-    state = tuple(state)
     if not unroll:
-        return tuple(tf.while_loop(cond, body, state, maximum_iterations=max_iterations))
+        # The state travels as the single loop variable, so cond and body receive it whole.
+        (state,) = tf.while_loop(
+            cond, lambda s: (body(s),), (state,), maximum_iterations=max_iterations
+        )
+        return state
     for _ in range(max_iterations):
-        state = select(cond(*state), tuple(body(*state)), state)
+        state = select(cond(state), body(state), state)
     return state
 
 

@@ -22,6 +22,7 @@ import math
 
 import tensorflow as tf
 
+from keras_diffusion import validation
 from keras_diffusion.curvature import linear_operator as lo
 from keras_diffusion.curvature import loops
 
@@ -51,6 +52,29 @@ MinresResult = collections.namedtuple(
     "MinresResult", ["x", "num_iterations", "residual_norm", "stop_reason"]
 )
 
+# Loop states (`loops.run_loop`). CG: iteration ``i``, iterate ``x``, residual ``r``,
+# preconditioned residual ``z``, direction ``p``, ``rz = r^T z``, ``phi`` of every iteration so
+# far (for the relative-progress test), the stored iterates with their iterations and phis
+# and how many are stored, and the stop reason (`_RUNNING` while running).
+_CGState = collections.namedtuple(
+    "_CGState",
+    ["i", "x", "r", "z", "p", "rz", "history", "stored", "iterations", "phis", "num_saved",
+     "reason"],
+)
+# MINRES, in the names of scipy's ``minres`` (Paige & Saunders 1975): Lanczos vectors
+# ``r1, r2, y``, search directions ``w, w2``, Lanczos ``beta`` and ``oldb``, the QR
+# factorization's ``dbar, epsln``, the residual estimate ``phibar``, the Givens rotation
+# ``cs, sn``.
+_MinresState = collections.namedtuple(
+    "_MinresState",
+    ["itn", "x", "r1", "r2", "y", "w", "w2", "beta", "oldb", "dbar", "epsln", "phibar", "cs",
+     "sn", "reason"],
+)
+
+
+def _running(state):
+    return state.reason == _RUNNING
+
 
 def cg_save_schedule(max_iterations, gamma=1.3):
     """Iterations at which `conjugate_gradient` saves iterates: sorted unique ``ceil(gamma^j)``.
@@ -63,11 +87,10 @@ def cg_save_schedule(max_iterations, gamma=1.3):
         >>> cg_save_schedule(20)
         (1, 2, 3, 4, 5, 7, 9, 11, 14, 18)
     """
-    lo.check_positive_int("max_iterations", max_iterations)
-    if not gamma > 1.0:
+    _check_max_iterations(max_iterations)
+    if not validation.real("gamma", gamma, _GAMMA_HINT) > 1.0:
         raise ValueError(
-            f"`gamma` must be > 1 for a growing save schedule, got {gamma!r}; Martens "
-            "(2010) uses 1.3."
+            f"`gamma` must be > 1 for a growing save schedule, got {gamma!r}. {_GAMMA_HINT}"
         )
     schedule, j = set(), 0
     while True:
@@ -165,10 +188,13 @@ def conjugate_gradient(
                               unroll=closure.distributed).x
     ```
     """
-    lo.check_positive_int("max_iterations", max_iterations)
-    lo.check_positive_int("min_progress_window", min_progress_window)
-    lo.check_tolerance("tol", tol)
-    lo.check_tolerance("epsilon", epsilon)
+    _check_max_iterations(max_iterations)
+    _check_tol(tol)
+    validation.positive_int("min_progress_window", min_progress_window, "Martens (2010) uses 10.")
+    validation.fraction("progress_window_fraction", progress_window_fraction,
+                        "Martens (2010) uses 0.1.", allow_zero=True)
+    validation.nonnegative("epsilon", epsilon, "Martens (2010) uses 5e-4; 0 disables the test.")
+    validation.if_known(validation.nonnegative, "damping", damping, _DAMPING_HINT)
     b = lo.as_vector(b, "b")
     dtype = b[0].dtype
     operator = _damped(matvec, damping, dtype)
@@ -188,10 +214,13 @@ def conjugate_gradient(
     phis = tf.zeros([num_slots + 1], dtype)
     history = tf.tensor_scatter_nd_update(tf.zeros([max_iterations + 1], dtype), [[0]], [phi0])
     reason = tf.where(lo.norm(r, dot) <= tol * b_norm, RESIDUAL_TOLERANCE, _RUNNING)
-    state = (tf.constant(0), x, r, z, z, rz, history, stored, iterations, phis,
-             tf.constant(0), reason)
+    state = _CGState(i=tf.constant(0), x=x, r=r, z=z, p=z, rz=rz, history=history,
+                     stored=stored, iterations=iterations, phis=phis,
+                     num_saved=tf.constant(0), reason=reason)
 
-    def step(i, x, r, z, p, rz, history, stored, iterations, phis, num_saved, reason):
+    def step(state):
+        i, x, r, p, rz, history, num_saved = (
+            state.i, state.x, state.r, state.p, state.rz, state.history, state.num_saved)
         ap = list(operator(p))
         pap = dot(p, ap)
         # Negative curvature: take no step (alpha = 0) and stop. Selecting instead of a
@@ -208,7 +237,8 @@ def conjugate_gradient(
         history = tf.tensor_scatter_nd_update(history, [[i]], [phi])
         save = curved & is_scheduled[i]
         stored, iterations, phis = _store(
-            stored, iterations, phis, tf.where(save, num_saved, num_slots), x, i, phi
+            state.stored, state.iterations, state.phis, tf.where(save, num_saved, num_slots),
+            x, i, phi
         )
         window = tf.maximum(
             min_progress_window,
@@ -230,16 +260,18 @@ def conjugate_gradient(
                 ),
             ),
         )
-        num_saved = num_saved + tf.cast(save, tf.int32)
-        return (i, x, r, z, p, rz_new, history, stored, iterations, phis, num_saved, reason)
+        return _CGState(i=i, x=x, r=r, z=z, p=p, rz=rz_new, history=history, stored=stored,
+                        iterations=iterations, phis=phis,
+                        num_saved=num_saved + tf.cast(save, tf.int32), reason=reason)
 
-    (i, x, r, _, _, _, history, stored, iterations, phis, num_saved, reason) = loops.run_loop(
-        lambda *s: s[-1] == _RUNNING, step, state, max_iterations, unroll
-    )
+    final = loops.run_loop(_running, step, state, max_iterations, unroll)
+    i, x, num_saved = final.i, final.x, final.num_saved
     # The final iterate is always the last saved one.
     final_saved = is_scheduled[i]
     row = tf.where(final_saved, num_slots, num_saved)
-    stored, iterations, phis = _store(stored, iterations, phis, row, x, i, history[i])
+    stored, iterations, phis = _store(
+        final.stored, final.iterations, final.phis, row, x, i, final.history[i]
+    )
     num_saved = num_saved + 1 - tf.cast(final_saved, tf.int32)
     return CGResult(
         x=x,
@@ -248,8 +280,8 @@ def conjugate_gradient(
         phi=phis[:num_slots],
         num_saved=num_saved,
         num_iterations=i,
-        residual_norm=lo.norm(r, dot),
-        stop_reason=reason,
+        residual_norm=lo.norm(final.r, dot),
+        stop_reason=final.reason,
     )
 
 
@@ -286,8 +318,10 @@ def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iteratio
     result = minres(lambda v: hvp(loss_fn, params, v), neg_grad, max_iterations=50)
     ```
     """
-    lo.check_positive_int("max_iterations", max_iterations)
-    lo.check_tolerance("tol", tol)
+    _check_max_iterations(max_iterations)
+    _check_tol(tol)
+    validation.if_known(validation.real, "damping", damping,
+                        "Pass a finite shift of the diagonal (0 for none).")
     b = lo.as_vector(b, "b")
     dtype = b[0].dtype
     operator = _damped(matvec, damping, dtype)
@@ -301,44 +335,57 @@ def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iteratio
     tiny = tf.constant(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).tiny, dtype)
     reason = tf.where(beta1 <= target, RESIDUAL_TOLERANCE, _RUNNING)
     w = lo.zeros_like(b)
-    # Loop state: itn, x, r1, r2, y, w, w2, beta, oldb, dbar, epsln, phibar, cs, sn, reason.
-    state = (tf.constant(0), x, r1, r1, y, w, w, beta1, zero, zero, zero, beta1,
-             -tf.ones([], dtype), zero, reason)
+    state = _MinresState(itn=tf.constant(0), x=x, r1=r1, r2=r1, y=y, w=w, w2=w, beta=beta1,
+                         oldb=zero, dbar=zero, epsln=zero, phibar=beta1,
+                         cs=-tf.ones([], dtype), sn=zero, reason=reason)
 
-    def step(itn, x, r1, r2, y, w, w2, beta, oldb, dbar, epsln, phibar, cs, sn, reason):
+    def step(s):
         # Lanczos step.
-        v = lo.scale(1.0 / beta, y)
+        v = lo.scale(1.0 / s.beta, s.y)
         y = list(operator(v))
-        y = lo.axpy(-tf.math.divide_no_nan(beta, oldb), r1, y)
+        y = lo.axpy(-tf.math.divide_no_nan(s.beta, s.oldb), s.r1, y)
         alfa = dot(v, y)
-        y = lo.axpy(-alfa / beta, r2, y)
-        r1, r2 = r2, y
+        y = lo.axpy(-alfa / s.beta, s.r2, y)
+        r2 = y
         y = list(precondition(r2))
-        oldb, beta = beta, tf.sqrt(tf.maximum(dot(r2, y), 0.0))
+        beta = tf.sqrt(tf.maximum(dot(r2, y), 0.0))
         # QR of the tridiagonal matrix by Givens rotations.
-        oldeps = epsln
-        delta = cs * dbar + sn * alfa
-        gbar = sn * dbar - cs * alfa
-        epsln = sn * beta
-        dbar = -cs * beta
+        delta = s.cs * s.dbar + s.sn * alfa
+        gbar = s.sn * s.dbar - s.cs * alfa
         gamma = tf.maximum(tf.sqrt(gbar**2 + beta**2), tiny)
         cs, sn = gbar / gamma, beta / gamma
-        phi = cs * phibar
-        phibar = sn * phibar
-        w1, w2 = w2, w
-        w = lo.scale(1.0 / gamma, lo.axpy(-delta, w2, lo.axpy(-oldeps, w1, v)))
-        x = lo.axpy(phi, w, x)
-        itn = itn + 1
+        w = lo.scale(1.0 / gamma, lo.axpy(-delta, s.w, lo.axpy(-s.epsln, s.w2, v)))
+        itn = s.itn + 1
+        phibar = sn * s.phibar
         reason = tf.where(
             phibar <= target,
             RESIDUAL_TOLERANCE,
             tf.where(itn >= max_iterations, MAX_ITERATIONS, _RUNNING),
         )
-        return (itn, x, r1, r2, y, w, w2, beta, oldb, dbar, epsln, phibar, cs, sn, reason)
+        return _MinresState(
+            itn=itn, x=lo.axpy(cs * s.phibar, w, s.x), r1=s.r2, r2=r2, y=y, w=w, w2=s.w,
+            beta=beta, oldb=s.beta, dbar=-s.cs * beta, epsln=s.sn * beta, phibar=phibar,
+            cs=cs, sn=sn, reason=reason,
+        )
 
-    out = loops.run_loop(lambda *s: s[-1] == _RUNNING, step, state, max_iterations, unroll)
-    return MinresResult(x=out[1], num_iterations=out[0], residual_norm=out[11],
-                        stop_reason=out[-1])
+    out = loops.run_loop(_running, step, state, max_iterations, unroll)
+    return MinresResult(x=out.x, num_iterations=out.itn, residual_norm=out.phibar,
+                        stop_reason=out.reason)
+
+
+_GAMMA_HINT = "Martens (2010) uses 1.3."
+_DAMPING_HINT = (
+    "CG needs a positive definite A + damping I: pass damping >= 0 (Martens 2010, sec. 4.3; "
+    "0 for none, e.g. 1e-3), or use `minres` for a negative shift."
+)
+
+
+def _check_max_iterations(max_iterations):
+    validation.positive_int("max_iterations", max_iterations, "Pass a step budget such as 50.")
+
+
+def _check_tol(tol):
+    validation.nonnegative("tol", tol, "Pass a relative tolerance such as 1e-6 (0 disables it).")
 
 
 def _phi(x, r, b, dot):

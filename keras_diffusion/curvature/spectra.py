@@ -26,6 +26,7 @@ import math
 
 import tensorflow as tf
 
+from keras_diffusion import validation
 from keras_diffusion.curvature import linear_operator as lo
 from keras_diffusion.curvature import loops
 
@@ -39,6 +40,18 @@ SLQResult = collections.namedtuple("SLQResult", ["nodes", "weights"])
 HutchinsonResult = collections.namedtuple(
     "HutchinsonResult", ["trace", "standard_error", "samples"]
 )
+
+# Loop states (`loops.run_loop`).
+_PowerState = collections.namedtuple(
+    "_PowerState", ["i", "v", "v_prev", "eigenvalue", "converged"]
+)
+# Lanczos: step ``i``, current and previous basis vectors, the last off-diagonal ``beta``,
+# the basis so far (rows ``>= i`` zero) and the diagonal / off-diagonal of ``T``.
+_LanczosState = collections.namedtuple(
+    "_LanczosState", ["i", "v", "v_prev", "beta", "basis", "alphas", "betas"]
+)
+# Probe loops (SLQ, Hutchinson): probe index ``p`` and one row (or entry) per probe.
+_ProbeState = collections.namedtuple("_ProbeState", ["p", "rows"])
 
 
 def power_iteration(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot, unroll=False):
@@ -71,29 +84,29 @@ def power_iteration(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot, unr
     top = power_iteration(lambda v: hvp(loss_fn, params, v), v0, max_iterations=50)
     ```
     """
-    lo.check_positive_int("max_iterations", max_iterations)
-    lo.check_tolerance("tol", tol)
+    validation.positive_int("max_iterations", max_iterations, "Pass a budget such as 100.")
+    validation.nonnegative("tol", tol, "Pass a relative tolerance such as 1e-6 (0: no early stop).")
     v = lo.as_vector(v0, "v0")
     v = lo.scale(1.0 / lo.norm(v, dot), v)
     zero = tf.zeros([], v[0].dtype)
 
-    def step(i, v, v_prev, eigenvalue, converged):
-        w = list(matvec(v))
-        new_eigenvalue = dot(v, w)
-        converged = tf.abs(new_eigenvalue - eigenvalue) <= tol * tf.abs(new_eigenvalue)
+    def step(s):
+        w = list(matvec(s.v))
+        eigenvalue = dot(s.v, w)
+        converged = tf.abs(eigenvalue - s.eigenvalue) <= tol * tf.abs(eigenvalue)
         w_norm = lo.norm(w, dot)
         # A v = 0: v is an eigenvector (eigenvalue 0); keep it rather than divide by 0.
-        v_next = [tf.where(w_norm > 0, x / w_norm, y) for x, y in zip(w, v)]
-        return i + 1, v_next, v, new_eigenvalue, converged
+        v_next = [tf.where(w_norm > 0, x / w_norm, y) for x, y in zip(w, s.v)]
+        return _PowerState(s.i + 1, v_next, s.v, eigenvalue, converged)
 
-    i, _, v, eigenvalue, converged = loops.run_loop(
-        lambda i, *s: (i < max_iterations) & ~s[-1],
+    final = loops.run_loop(
+        lambda s: (s.i < max_iterations) & ~s.converged,
         step,
-        (tf.constant(0), v, v, zero + float("inf"), tf.constant(False)),
+        _PowerState(tf.constant(0), v, v, zero + float("inf"), tf.constant(False)),
         max_iterations,
         unroll,
     )
-    return PowerIterationResult(eigenvalue, v, i, converged)
+    return PowerIterationResult(final.eigenvalue, final.v_prev, final.i, final.converged)
 
 
 def smallest_eigenvalue(matvec, v0, *, max_iterations=100, tol=1e-6, dot=lo.dot,
@@ -216,25 +229,25 @@ def stochastic_lanczos_quadrature(
     density = spectral_density(slq.nodes, slq.weights, grid, sigma=0.05)
     ```
     """
-    lo.check_positive_int("num_probes", num_probes)
+    validation.positive_int("num_probes", num_probes, "Pass e.g. 4 probes.")
+    _check_num_steps(num_steps)
     specs = lo.as_vector(like, "like")
     dtype = specs[0].dtype
 
-    def probe(p, nodes, weights):
+    def probe(state):
+        p = state.p
         v = lo.rademacher_like(specs, lo.fold_seed(seed, 2 * p))
         restart_seed = lo.fold_seed(seed, 2 * p + 1)
         alphas, betas, _ = _lanczos_tridiagonal(
             matvec, v, num_steps, dot, restart_seed, unroll
         )
         theta, s = _tridiagonal_eigh(alphas, betas)
+        nodes, weights = state.rows
         tau = s[0] ** 2 / num_probes
-        return p + 1, _set_row(nodes, p, theta), _set_row(weights, p, tau)
+        return _ProbeState(p + 1, SLQResult(_set_row(nodes, p, theta), _set_row(weights, p, tau)))
 
     empty = tf.zeros([num_probes, num_steps], dtype)
-    _, nodes, weights = loops.run_loop(
-        lambda p, *_: p < num_probes, probe, (tf.constant(0), empty, empty), num_probes, unroll
-    )
-    return SLQResult(nodes, weights)
+    return _run_probes(probe, SLQResult(empty, empty), num_probes, unroll)
 
 
 def spectral_density(nodes, weights, grid, sigma):
@@ -259,11 +272,10 @@ def spectral_density(nodes, weights, grid, sigma):
     density = spectral_density(slq.nodes, slq.weights, tf.linspace(-1.0, 5.0, 200), 0.05)
     ```
     """
-    if isinstance(sigma, (int, float)) and not sigma > 0:
-        raise ValueError(
-            f"`sigma` must be > 0, got {sigma!r}; pass a smoothing width of about the "
-            "spacing of the eigenvalues of interest (e.g. 0.05)."
-        )
+    validation.if_known(
+        validation.positive, "sigma", sigma,
+        "Pass a smoothing width of about the spacing of the eigenvalues of interest (e.g. 0.05).",
+    )
     nodes = tf.reshape(nodes, [-1])
     weights = tf.cast(tf.reshape(weights, [-1]), nodes.dtype)
     grid = tf.cast(tf.convert_to_tensor(grid, dtype_hint=nodes.dtype), nodes.dtype)
@@ -298,33 +310,27 @@ def hutchinson_trace(matvec, like, num_probes, *, seed=(0, 0), dot=lo.dot, unrol
     est.trace, est.standard_error
     ```
     """
-    lo.check_positive_int("num_probes", num_probes)
-    if num_probes < 2:
-        raise ValueError(
-            f"`num_probes` must be >= 2 to estimate a standard error, got {num_probes}; "
-            "pass num_probes=2 or more."
-        )
+    validation.integer("num_probes", num_probes, minimum=2,
+                       hint="Two probes at least estimate a standard error; pass e.g. 10.")
     specs = lo.as_vector(like, "like")
 
-    def probe(p, samples):
-        v = lo.rademacher_like(specs, lo.fold_seed(seed, p))
-        return p + 1, tf.tensor_scatter_nd_update(samples, [[p]], [dot(v, list(matvec(v)))])
+    def probe(state):
+        v = lo.rademacher_like(specs, lo.fold_seed(seed, state.p))
+        return _ProbeState(state.p + 1, _set_row(state.rows, state.p, dot(v, list(matvec(v)))))
 
-    _, samples = loops.run_loop(
-        lambda p, _: p < num_probes,
-        probe,
-        (tf.constant(0), tf.zeros([num_probes], specs[0].dtype)),
-        num_probes,
-        unroll,
-    )
+    samples = _run_probes(probe, tf.zeros([num_probes], specs[0].dtype), num_probes, unroll)
     mean = tf.reduce_mean(samples)
     variance = tf.reduce_sum((samples - mean) ** 2) / (num_probes - 1)
     return HutchinsonResult(mean, tf.sqrt(variance / num_probes), samples)
 
 
+def _check_num_steps(num_steps):
+    validation.positive_int("num_steps", num_steps, "Pass e.g. 20 Lanczos steps.")
+
+
 def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed, unroll):
     """Lanczos with full reorthogonalization: (alphas [k], betas [k-1], basis [k, ...])."""
-    lo.check_positive_int("num_steps", num_steps)
+    _check_num_steps(num_steps)
     dimension = sum(v.shape.num_elements() for v in v0)
     if num_steps > dimension:
         raise ValueError(
@@ -337,11 +343,12 @@ def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed, unroll):
     basis = [tf.zeros([num_steps] + x.shape.as_list(), dtype) for x in v0]
     zero = tf.zeros([], dtype)
 
-    def step(i, v, v_prev, beta_prev, basis, alphas, betas):
-        basis = [_set_row(q, i, x) for q, x in zip(basis, v)]
+    def step(s):
+        i, v = s.i, s.v
+        basis = [_set_row(q, i, x) for q, x in zip(s.basis, v)]
         av = list(matvec(v))
         alpha = dot(v, av)
-        w = lo.axpy(-beta_prev, v_prev, lo.axpy(-alpha, v, av))
+        w = lo.axpy(-s.beta, s.v_prev, lo.axpy(-alpha, v, av))
         w = _orthogonalize(w, basis, dot)
         beta = lo.norm(w, dot)
         breakdown = beta <= eps * lo.norm(av, dot)
@@ -352,18 +359,18 @@ def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed, unroll):
         restart = (lo.scale(1.0 / lo.norm(r, dot), r), zero)
         proceed = (lo.scale(tf.math.divide_no_nan(tf.ones_like(beta), beta), w), beta)
         v_next, beta = loops.select(breakdown & (i + 1 < num_steps), restart, proceed)
-        return (i + 1, v_next, v, beta, basis, _set_row(alphas, i, alpha),
-                _set_row(betas, i, beta))
+        return _LanczosState(i + 1, v_next, v, beta, basis, _set_row(s.alphas, i, alpha),
+                             _set_row(s.betas, i, beta))
 
-    _, _, _, _, basis, alphas, betas = loops.run_loop(
-        lambda i, *_: i < num_steps,
+    final = loops.run_loop(
+        lambda s: s.i < num_steps,
         step,
-        (tf.constant(0), v, lo.zeros_like(v), zero, basis, tf.zeros([num_steps], dtype),
-         tf.zeros([num_steps], dtype)),
+        _LanczosState(tf.constant(0), v, lo.zeros_like(v), zero, basis,
+                      tf.zeros([num_steps], dtype), tf.zeros([num_steps], dtype)),
         num_steps,
         unroll,
     )
-    return alphas, betas[:-1], basis
+    return final.alphas, final.betas[:-1], final.basis
 
 
 def _orthogonalize(w, basis, dot):
@@ -400,6 +407,12 @@ def _tridiagonal_eigh(alphas, betas):
     # Fix eigh's sign freedom: each Ritz vector has a nonnegative component along v0.
     signs = tf.where(vectors[0] < 0, -tf.ones_like(values), tf.ones_like(values))
     return values, vectors * signs
+
+
+def _run_probes(probe, rows, num_probes, unroll):
+    """Runs ``probe`` for probes ``0 .. num_probes - 1``, each filling its row of ``rows``."""
+    state = _ProbeState(tf.constant(0), rows)
+    return loops.run_loop(lambda s: s.p < num_probes, probe, state, num_probes, unroll).rows
 
 
 def _set_row(stack, i, row):

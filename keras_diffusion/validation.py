@@ -79,10 +79,10 @@ def fraction(name, value, hint="", allow_zero=False):
     return number
 
 
-def one_of(name, value, choices):
+def one_of(name, value, choices, hint=""):
     """``value`` after checking that it is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.{_hint(hint)}")
     return value
 
 

@@ -351,7 +351,7 @@ def test_empirical_fisher_matches_per_example_gradients(name):
 # ---------------------------------------------------------------- modes, graphs, XLA
 
 
-def test_auto_mode_picks_double_backward_for_while_loop_rnn():
+def test_auto_mode_falls_back_per_call_and_product_mode_remembers():
     prob, labels, loss = _sparse_problem("rnn_loop")
     h = curvature.from_keras_loss(loss, y_true=labels)
     v = prob.random_vectors()
@@ -364,15 +364,29 @@ def test_auto_mode_picks_double_backward_for_while_loop_rnn():
 
     with pytest.raises((ValueError, TypeError)):  # ForwardAccumulator fails on while loops
         product("forward")
-    assert forward.auto_mode(prob.outputs_fn) == "forward"
+    # "auto" falls back for that call only: nothing is remembered, each call falls back.
     _close(prob.flat(product("auto")), prob.flat(expected))
-    assert forward.auto_mode(prob.outputs_fn) == "double_backward"
+    _close(prob.flat(product("auto")), prob.flat(expected))
+    with pytest.raises((ValueError, TypeError)):
+        product("forward")
+    # A ProductMode remembers the fallback for its own lifetime.
+    choice = forward.ProductMode()
+    assert choice.mode == "auto"
+    _close(prob.flat(product(choice)), prob.flat(expected))
+    assert choice.mode == "double_backward"
+    _close(prob.flat(product(choice)), prob.flat(expected))
+    assert forward.ProductMode().mode == "auto"  # a fresh one starts over
 
     unrolled = Problem("rnn_unrolled")
-    tf.function(lambda p, w: curvature.jvp(unrolled.outputs_fn, p, w))(
+    kept = forward.ProductMode()
+    tf.function(lambda p, w: curvature.jvp(unrolled.outputs_fn, p, w, mode=kept))(
         unrolled.params, unrolled.random_vectors()
     )
-    assert forward.auto_mode(unrolled.outputs_fn) == "forward"
+    assert kept.mode == "auto"  # forward mode worked: nothing to remember
+    fixed = forward.ProductMode("forward")
+    with pytest.raises((ValueError, TypeError)):
+        product(fixed)
+    assert fixed.mode == "forward"  # only "auto" falls back
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -447,8 +461,10 @@ def test_clear_errors():
         curvature.hvp(lambda p: p[0] ** 2, prob.params, v)
     with pytest.raises(ValueError, match="scalar loss"):
         curvature.ggn_vp(prob.outputs_fn, lambda o: o, prob.params, v)
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="`mode` must be one of .*'reverse'. Use \"auto\""):
         curvature.jvp(prob.outputs_fn, prob.params, v, mode="reverse")
+    with pytest.raises(ValueError, match="`mode` must be one of .*'reverse'"):
+        forward.ProductMode("reverse")
     with pytest.raises(TypeError, match="from_keras_loss"):
         curvature.ggn_vp(prob.outputs_fn, None, prob.params, v, loss_hessian=loss)
     with pytest.raises(ValueError, match="loss_fn or loss_hessian"):

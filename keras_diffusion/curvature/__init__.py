@@ -1,6 +1,11 @@
 """Curvature: Jacobian/Hessian/Gauss-Newton/Fisher-vector products, spectra and solvers."""
 
-from keras_diffusion.curvature.forward import float32_policy, jvp, vjp  # noqa: E402,F401
+from keras_diffusion.curvature.forward import (  # noqa: E402,F401
+    ProductMode,
+    float32_policy,
+    jvp,
+    vjp,
+)
 from keras_diffusion.curvature.loss_hessians import (  # noqa: E402,F401
     LossHessian,
     OutputFisher,

@@ -12,8 +12,12 @@ Three modes compute ``J v``:
   gradient of ``<g(u), v>`` with respect to ``u`` is ``J v``. It works through
   ``tf.while_loop`` (Keras RNNs without ``unroll=True``, ``tf.scan``) where
   ``ForwardAccumulator`` fails when traced into a graph.
-* ``"auto"`` tries ``"forward"`` and, on failure, retries ``"double_backward"``; a function
-  that failed once goes straight to ``"double_backward"`` afterwards (see :func:`auto_mode`).
+* ``"auto"`` tries ``"forward"`` and, on failure, retries ``"double_backward"``, for that
+  call only (under ``tf.function`` the attempt happens once, while tracing).
+
+To decide once for many calls, pass a :class:`ProductMode` instead of a string: it starts as
+``"auto"`` and remembers a fallback for its own lifetime (a ``Closure`` holds one), so
+nothing is remembered process-wide.
 
 Half-precision (``mixed_float16`` / ``mixed_bfloat16``) outputs are cast to float32 and
 vectors are returned in the parameters' dtype. Use :func:`float32_policy` to make a
@@ -21,18 +25,15 @@ mixed-precision model *compute* in float32 while the products run.
 """
 
 import contextlib
-import weakref
 
 import keras
 import tensorflow as tf
 
+from keras_diffusion import compat, validation
 from keras_diffusion.curvature import linear_operator as lo
 
 MODES = ("auto", "forward", "double_backward")
 
-# Functions whose forward-mode product failed once; "auto" skips forward mode for them.
-# Maps a function (or the instance of a bound method) to the set {None} (or the methods).
-_FORWARD_FAILED = weakref.WeakKeyDictionary()
 # What ForwardAccumulator raises on graphs it cannot differentiate (while loops): a
 # ValueError ("Tried to take gradients ... of a variable without handle data"), a
 # LookupError (no forward gradient registered) or NotImplementedError.
@@ -41,51 +42,53 @@ _HALF = (tf.float16, tf.bfloat16)
 
 
 def check_mode(mode):
-    """Returns ``mode`` if it is one of :data:`MODES`, else raises ``ValueError``."""
-    if mode not in MODES:
-        raise ValueError(
-            f"mode must be one of {MODES}; received mode={mode!r}. Use \"auto\" unless "
-            "you need a specific one."
-        )
-    return mode
+    """Returns ``mode`` if it is one of :data:`MODES` or a :class:`ProductMode`, else raises."""
+    if isinstance(mode, ProductMode):
+        return mode
+    return validation.one_of("mode", mode, MODES, _MODE_HINT)
 
 
-def _cache_slot(fn):
-    """``(owner, key)`` identifying ``fn``; bound methods are keyed by their instance."""
-    owner = getattr(fn, "__self__", None)
-    if owner is not None and hasattr(fn, "__func__"):
-        return owner, fn.__func__
-    return fn, None
+_MODE_HINT = 'Use "auto" unless you need a specific one.'
 
 
-def auto_mode(fn):
-    """The mode ``"auto"`` uses for ``fn``: ``"double_backward"`` once forward mode failed."""
-    owner, key = _cache_slot(fn)
-    try:
-        failed = key in _FORWARD_FAILED.get(owner, ())
-    except TypeError:  # not weak-referenceable or not hashable: nothing cached
-        failed = False
-    return "double_backward" if failed else "forward"
+class ProductMode:
+    """A product mode that remembers, for its own lifetime, that forward mode failed.
+
+    Pass it as ``mode`` to :func:`jvp`, :func:`linearize` or the products of
+    :mod:`keras_diffusion.curvature.products`. Starting from ``"auto"``, the first product
+    whose forward mode fails falls back to ``"double_backward"`` and switches ``mode`` to
+    ``"double_backward"``, so later products skip the failing attempt. Its holder (e.g. a
+    ``Closure``) decides how long the choice lasts.
+
+    Args:
+        mode: the initial mode, one of :data:`MODES`.
+
+    Example:
+    >>> choice = ProductMode()
+    >>> gv = ggn_vp(outputs_fn, loss_fn, params, v, mode=choice)  # may fall back once
+    >>> choice.mode                     # "forward" mode never failed: still "auto"
+    'auto'
+    """
+
+    def __init__(self, mode="auto"):
+        self.mode = validation.one_of("mode", mode, MODES, _MODE_HINT)
+
+    def __repr__(self):
+        return f"ProductMode({self.mode!r})"
 
 
-def _remember_forward_failure(fn):
-    owner, key = _cache_slot(fn)
-    try:
-        _FORWARD_FAILED.setdefault(owner, set()).add(key)
-    except TypeError:  # not weak-referenceable or not hashable: nothing to cache
-        pass
-
-
-def run_with_mode(fn, mode, forward_impl, backward_impl):
-    """Runs ``forward_impl()`` or ``backward_impl()`` according to ``mode`` for ``fn``.
+def run_with_mode(mode, forward_impl, backward_impl):
+    """Runs ``forward_impl()`` or ``backward_impl()`` according to ``mode``.
 
     In ``"auto"`` mode a failing forward product (eagerly or while tracing a
-    ``tf.function``) is retried with ``backward_impl`` and the decision is cached for ``fn``.
+    ``tf.function``) is retried with ``backward_impl``; a :class:`ProductMode` in ``"auto"``
+    then switches to ``"double_backward"``.
     """
-    check_mode(mode)
+    choice = mode if isinstance(mode, ProductMode) else None
+    mode = check_mode(mode).mode if choice is not None else check_mode(mode)
     if mode == "forward":
         return forward_impl()
-    if mode == "double_backward" or auto_mode(fn) == "double_backward":
+    if mode == "double_backward":
         return backward_impl()
     try:
         return forward_impl()
@@ -94,7 +97,8 @@ def run_with_mode(fn, mode, forward_impl, backward_impl):
             result = backward_impl()
         except Exception as backward_error:
             raise backward_error from forward_error
-        _remember_forward_failure(fn)
+        if choice is not None:
+            choice.mode = "double_backward"
         return result
 
 
@@ -205,7 +209,8 @@ def linearize(fn, params, tangents, mode="auto"):
         fn: callable taking the list ``params`` and returning a tensor or a nest of tensors.
         params: list of tensors.
         tangents: list of tensors shaped like ``params``.
-        mode: ``"auto"``, ``"forward"`` or ``"double_backward"`` (module docstring).
+        mode: ``"auto"``, ``"forward"``, ``"double_backward"`` or a :class:`ProductMode`
+            (module docstring).
 
     Returns:
         A :class:`Linearization` with ``outputs``, ``jvp`` (structured like the outputs)
@@ -214,7 +219,6 @@ def linearize(fn, params, tangents, mode="auto"):
     params = as_list(params, "params")
     tangents = check_vectors(params, as_list(tangents, "tangents"), "tangents")
     return run_with_mode(
-        fn,
         mode,
         lambda: _linearize_forward(fn, params, tangents),
         lambda: _linearize_double_backward(fn, params, tangents),
@@ -230,7 +234,7 @@ def jvp(fn, params, tangents, mode="auto"):
         params: list of tensors (Keras variables are read through ``.value``).
         tangents: list of tensors shaped like ``params``.
         mode: ``"auto"`` (forward mode, double-backward where forward mode fails),
-            ``"forward"`` or ``"double_backward"``.
+            ``"forward"``, ``"double_backward"`` or a :class:`ProductMode`.
 
     Returns:
         ``(outputs, jvp_out)`` where ``jvp_out`` has the structure of ``outputs``
@@ -300,7 +304,7 @@ def float32_policy(*models):
     """
     saved = []
     for model in models:
-        for layer in model._flatten_layers(include_self=True, recursive=True):
+        for layer in compat.flatten_layers(model):
             saved.append((layer, layer.dtype_policy))
             layer.dtype_policy = keras.DTypePolicy(layer.variable_dtype)
     try:

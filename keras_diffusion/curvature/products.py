@@ -9,7 +9,8 @@ All functions take ``params`` as a list of tensors (read Keras variables through
 matching ``params``. They work eagerly, inside ``tf.function`` and with
 ``jit_compile=True``. ``mode`` selects how ``J v`` is computed (see
 :mod:`keras_diffusion.curvature.forward`): ``"forward"`` (ForwardAccumulator),
-``"double_backward"`` (VJP of a VJP, works through ``tf.while_loop``) or ``"auto"``.
+``"double_backward"`` (VJP of a VJP, works through ``tf.while_loop``), ``"auto"`` (forward,
+falling back for that call) or a ``forward.ProductMode`` that remembers the fallback.
 Half-precision outputs are cast to float32 before the output-space Hessian is applied.
 """
 
@@ -57,13 +58,9 @@ def _hvp_double_backward(loss_fn, params, vectors):
     )
 
 
-def _hvp_with_mode(loss_fn, params, vectors, mode, key_fn):
-    """``H v`` of ``loss_fn`` by the mode's forward or double-backward product.
-
-    ``key_fn`` is the function whose forward-mode failures ``"auto"`` remembers.
-    """
+def _hvp_with_mode(loss_fn, params, vectors, mode):
+    """``H v`` of ``loss_fn`` by the mode's forward or double-backward product."""
     return forward.run_with_mode(
-        key_fn,
         mode,
         lambda: _hvp_forward(loss_fn, params, vectors),
         lambda: _hvp_double_backward(loss_fn, params, vectors),
@@ -81,7 +78,7 @@ def hvp(loss_fn, params, vectors, mode="auto"):
         loss_fn: callable ``loss_fn(params) -> scalar``.
         params: list of tensors.
         vectors: list of tensors shaped like ``params``.
-        mode: ``"auto"``, ``"forward"`` or ``"double_backward"``.
+        mode: ``"auto"``, ``"forward"``, ``"double_backward"`` or a ``ProductMode``.
 
     Returns:
         List of tensors matching ``params``.
@@ -93,7 +90,7 @@ def hvp(loss_fn, params, vectors, mode="auto"):
     """
     params = forward.as_list(params, "params")
     vectors = forward.check_vectors(params, forward.as_list(vectors, "vectors"))
-    result = _hvp_with_mode(loss_fn, params, vectors, mode, loss_fn)
+    result = _hvp_with_mode(loss_fn, params, vectors, mode)
     return [tf.cast(r, p.dtype) for r, p in zip(result, params)]
 
 
@@ -106,7 +103,7 @@ def _generic_output_hessian(loss_fn, mode):
         def flat_loss(flat_outputs):
             return loss_fn(tf.nest.pack_sequence_as(outputs, flat_outputs))
 
-        hu = _hvp_with_mode(flat_loss, flat, tf.nest.flatten(u), mode, loss_fn)
+        hu = _hvp_with_mode(flat_loss, flat, tf.nest.flatten(u), mode)
         return tf.nest.pack_sequence_as(outputs, hu)
 
     return product
@@ -158,7 +155,7 @@ def ggn_vp(outputs_fn, loss_fn, params, vectors, mode="auto", loss_hessian=None)
             ``loss_hessian`` is given.
         params: list of tensors.
         vectors: list of tensors shaped like ``params``.
-        mode: ``"auto"``, ``"forward"`` or ``"double_backward"`` for ``J v``.
+        mode: ``"auto"``, ``"forward"``, ``"double_backward"`` or a ``ProductMode`` for ``J v``.
         loss_hessian: ``None``, a callable ``(outputs, u) -> H_L u`` such as a
             :class:`~keras_diffusion.curvature.loss_hessians.LossHessian` from
             :func:`~keras_diffusion.curvature.loss_hessians.from_keras_loss`, or a nest of
@@ -198,7 +195,7 @@ def fisher_vp(outputs_fn, params, vectors, distribution, mode="auto", variance=1
         params: list of tensors.
         vectors: list of tensors shaped like ``params``.
         distribution: ``"gaussian"``, ``"bernoulli"`` or ``"categorical"``.
-        mode: ``"auto"``, ``"forward"`` or ``"double_backward"``.
+        mode: ``"auto"``, ``"forward"``, ``"double_backward"`` or a ``ProductMode``.
         variance: Gaussian variance (``F_out = I / variance``).
 
     Returns:
@@ -232,7 +229,7 @@ def empirical_fisher_vp(per_example_loss_fn, params, vectors, mode="auto"):
         per_example_loss_fn: callable ``fn(params) -> tensor`` of per-example losses.
         params: list of tensors.
         vectors: list of tensors shaped like ``params``.
-        mode: ``"auto"``, ``"forward"`` or ``"double_backward"``.
+        mode: ``"auto"``, ``"forward"``, ``"double_backward"`` or a ``ProductMode``.
 
     Returns:
         List of tensors matching ``params``.

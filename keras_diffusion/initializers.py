@@ -32,6 +32,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_diffusion import validation
+
 
 def _check_seed(seed):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -61,11 +63,9 @@ class SparseRecurrent(keras.initializers.Initializer):
     """
 
     def __init__(self, nonzeros=15, spectral_radius=None, singular_value=None, seed=None):
-        if isinstance(nonzeros, bool) or not isinstance(nonzeros, int) or nonzeros < 1:
-            raise ValueError(
-                f"nonzeros must be a positive integer (non-zero incoming connections per "
-                f"unit), got {nonzeros!r}."
-            )
+        nonzeros = validation.positive_int(
+            "nonzeros", nonzeros, "It counts the non-zero incoming connections per unit."
+        )
         if (spectral_radius is None) == (singular_value is None):
             raise ValueError(
                 "Give exactly one of spectral_radius (e.g. 0.95, 'smart tanh') or "
@@ -74,8 +74,8 @@ class SparseRecurrent(keras.initializers.Initializer):
             )
         for name, value in (("spectral_radius", spectral_radius),
                             ("singular_value", singular_value)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+            if value is not None:
+                validation.positive(name, value)
         self.nonzeros = nonzeros
         self.spectral_radius = spectral_radius
         self.singular_value = singular_value
@@ -166,8 +166,7 @@ def critical_gain(activation, q_star=0.0):
             f"No critical gain for activation {activation!r}{hint}; use one of "
             f"{sorted(_MEAN_SQUARED_SLOPE)}."
         )
-    if not (math.isfinite(q_star) and q_star >= 0):
-        raise ValueError(f"q_star must be a finite variance >= 0, got {q_star!r}.")
+    q_star = validation.nonnegative("q_star", q_star, "It is a variance, e.g. 0.")
     return 1.0 / math.sqrt(_MEAN_SQUARED_SLOPE[activation](q_star))
 
 

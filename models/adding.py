@@ -36,6 +36,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from keras_diffusion import validation
+
 PLACEMENTS = ("uniform", "halves")
 SPLITS = ("train", "validation", "test")
 
@@ -54,10 +56,9 @@ def adding_arrays(num_sequences, length, placement="uniform", rng=None):
         values, channel 1 the markers) and ``(num_sequences, 1)`` (the sum of the two marked
         values).
     """
-    _check_int("num_sequences", num_sequences, 1)
-    _check_int("length", length, 2)
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+    validation.integer("num_sequences", num_sequences, minimum=1)
+    validation.integer("length", length, minimum=2)
+    validation.one_of("placement", placement, PLACEMENTS)
     rng = np.random.default_rng() if rng is None else rng
     values = rng.uniform(0.0, 1.0, size=(num_sequences, length))
     if placement == "uniform":
@@ -97,16 +98,18 @@ class AddingTask:
     seed: int = 0
 
     def __post_init__(self):
-        _check_int("length", self.length, 2)
-        _check_int("num_train", self.num_train, 1)
-        _check_int("num_test", self.num_test, 1)
-        _check_int("seed", self.seed, 0)
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}.")
-        fraction = float(self.validation_fraction)
-        if not 0.0 <= fraction < 1.0:
+        validation.integer("length", self.length, minimum=2)
+        validation.integer("num_train", self.num_train, minimum=1)
+        validation.integer("num_test", self.num_test, minimum=1)
+        validation.integer("seed", self.seed, minimum=0)
+        validation.one_of("placement", self.placement, PLACEMENTS)
+        fraction = validation.fraction(
+            "validation_fraction", self.validation_fraction, allow_zero=True
+        )
+        if fraction == 1.0:
             raise ValueError(
-                f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}."
+                f"`validation_fraction` must be in [0, 1), got {self.validation_fraction!r}: "
+                "1 leaves no training sequence."
             )
         if self.num_train - self.num_validation < 1:
             raise ValueError(
@@ -120,8 +123,7 @@ class AddingTask:
 
     def arrays(self, split="train"):
         """The ``(x, y)`` numpy arrays of ``split`` (``"train"``, ``"validation"``, ``"test"``)."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+        validation.one_of("split", split, SPLITS)
         if split == "test":
             rng = np.random.default_rng([self.seed, 1])
             return adding_arrays(self.num_test, self.length, self.placement, rng)
@@ -147,7 +149,7 @@ class AddingTask:
                 default the task seed, so runs repeat exactly).
             shuffle_seed: optional integer seed of the shuffle order.
         """
-        _check_int("batch_size", batch_size, 1)
+        validation.integer("batch_size", batch_size, minimum=1)
         x, y = self.arrays(split)
         data = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:
@@ -170,7 +172,7 @@ def mobahi_adding_task(seed=0, validation_fraction=0.0):
 
 def long_adding_task(length=200, seed=0, num_train=1000, num_test=100, validation_fraction=0.0):
     """The long-sequence adding problem: ``length >= 200``, one marker in each half."""
-    _check_int("length", length, 200)
+    validation.integer("length", length, minimum=200)
     return AddingTask(
         length=length,
         num_train=num_train,
@@ -181,8 +183,3 @@ def long_adding_task(length=200, seed=0, num_train=1000, num_test=100, validatio
     )
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")

@@ -54,6 +54,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from keras_diffusion import validation
+
 REGRESSION_THRESHOLD = 0.04
 SUCCESS_ERROR_RATE = 0.01
 NUM_PERMUTATION_SYMBOLS = 100
@@ -68,11 +70,6 @@ _MIN_LENGTH = {
     "memorization_20bit": 1,
 }
 TASKS = tuple(_MIN_LENGTH)
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def _one_hot(ids, depth):
@@ -148,7 +145,7 @@ class PathologicalTask:
     def __post_init__(self):
         if self.name not in _MIN_LENGTH:
             raise ValueError(f"Unknown task {self.name!r}; choose one of {TASKS}.")
-        _check_positive_int("length", self.length)
+        validation.positive_int("length", self.length)
         if self.length < _MIN_LENGTH[self.name]:
             raise ValueError(
                 f"length={self.length} is too short for {self.name!r}: the marked positions "
@@ -185,7 +182,7 @@ class PathologicalTask:
         ``x``: float32 ``(n, steps, input_dim)``; ``y``: int32 ``(n, target_steps)`` for
         classification, float32 ``(n, 1)`` for regression.
         """
-        _check_positive_int("n", n)
+        validation.positive_int("n", n)
         T = self.length
         if self.name == "temporal_order":
             return _temporal_order(rng, n, T, [(1, 2), (5, 6)])
@@ -201,14 +198,14 @@ class PathologicalTask:
 
     def batches(self, batch_size, seed):
         """Endless numpy generator of fresh batches; the same seed gives the same stream."""
-        _check_positive_int("batch_size", batch_size)
+        validation.positive_int("batch_size", batch_size)
         rng = np.random.default_rng(seed)
         while True:
             yield self.sample(batch_size, rng)
 
     def dataset(self, batch_size, seed):
         """Endless ``tf.data.Dataset`` of fresh ``(x, y)`` batches (same seed, same stream)."""
-        _check_positive_int("batch_size", batch_size)
+        validation.positive_int("batch_size", batch_size)
         y_spec = (
             tf.TensorSpec((batch_size, 1), tf.float32)
             if self.regression
@@ -251,8 +248,8 @@ def evaluate_success(model, task, n=10000, seed=0, batch_size=1000):
     Returns:
         ``(error_rate, success)`` with ``success = error_rate < 0.01``.
     """
-    _check_positive_int("n", n)
-    _check_positive_int("batch_size", batch_size)
+    validation.positive_int("n", n)
+    validation.positive_int("batch_size", batch_size)
     rng = np.random.default_rng(seed)
     wrong = 0
     done = 0

@@ -33,6 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_diffusion import validation
+
 UNK = "<unk>"
 EOS = "\n"
 SPLITS = ("train", "valid", "test")
@@ -105,8 +107,7 @@ class CharCorpus:
 
     def ids(self, split):
         """int32 ids of one split (``"train"``, ``"valid"`` or ``"test"``)."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+        validation.one_of("split", split, SPLITS)
         index = {s: i for i, s in enumerate(self.vocabulary)}
         unk = index[UNK]
         return np.array([index.get(s, unk) for s in getattr(self, split)], dtype=np.int32)
@@ -119,9 +120,8 @@ def bptt_windows(ids, batch_size, window):
     does not fill a whole window is dropped); window ``k`` of row ``b`` continues window
     ``k - 1`` of the same row.
     """
-    for name, value in (("batch_size", batch_size), ("window", window)):
-        if not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    validation.positive_int("batch_size", batch_size)
+    validation.positive_int("window", window)
     ids = np.asarray(ids, dtype=np.int32)
     num_windows = (len(ids) - 1) // (batch_size * window)
     if num_windows == 0:

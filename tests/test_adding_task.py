@@ -95,19 +95,43 @@ def test_dataset_matches_arrays_and_shuffles_reproducibly():
 @pytest.mark.parametrize(
     "make, error, message",
     [
-        (lambda: adding.AddingTask(length=1), ValueError, "length must be >= 2, got 1"),
-        (lambda: adding.AddingTask(num_train=0), ValueError, "num_train must be >= 1, got 0"),
-        (lambda: adding.AddingTask(num_test=0), ValueError, "num_test must be >= 1, got 0"),
-        (lambda: adding.AddingTask(length=2.5), TypeError, "2.5"),
+        (
+            lambda: adding.AddingTask(length=1),
+            ValueError,
+            "`length` must be an integer >= 2, got 1",
+        ),
+        (
+            lambda: adding.AddingTask(num_train=0),
+            ValueError,
+            "`num_train` must be an integer >= 1, got 0",
+        ),
+        (
+            lambda: adding.AddingTask(num_test=0),
+            ValueError,
+            "`num_test` must be an integer >= 1, got 0",
+        ),
+        (
+            lambda: adding.AddingTask(length=2.5),
+            ValueError,
+            "`length` must be an integer >= 2, got 2.5",
+        ),
         (lambda: adding.AddingTask(placement="ends"), ValueError, "'ends'"),
-        (lambda: adding.AddingTask(validation_fraction=1.0), ValueError, "1.0"),
+        (lambda: adding.AddingTask(validation_fraction=1.0), ValueError, r"in \[0, 1\), got 1.0"),
         (
             lambda: adding.AddingTask(num_train=2, validation_fraction=0.9),
             ValueError,
             "no training",
         ),
-        (lambda: adding.long_adding_task(length=50), ValueError, "length must be >= 200, got 50"),
-        (lambda: adding.AddingTask().dataset(batch_size=0), ValueError, "batch_size must be >= 1"),
+        (
+            lambda: adding.long_adding_task(length=50),
+            ValueError,
+            "`length` must be an integer >= 200, got 50",
+        ),
+        (
+            lambda: adding.AddingTask().dataset(batch_size=0),
+            ValueError,
+            "`batch_size` must be an integer >= 1",
+        ),
         (lambda: adding.AddingTask().dataset(batch_size=-5), ValueError, "-5"),
         (lambda: adding.AddingTask().arrays("dev"), ValueError, "'dev'"),
         (lambda: adding.adding_arrays(0, 10), ValueError, "num_sequences"),

@@ -55,9 +55,9 @@ def test_config_round_trip(init):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(nonzeros=-1, spectral_radius=1.0), "nonzeros must be a positive integer.*-1"),
-        (dict(nonzeros=3, spectral_radius=0.0), "spectral_radius must be.*> 0, got 0.0"),
-        (dict(nonzeros=3, singular_value=-2.0), "singular_value must be.*-2.0"),
+        (dict(nonzeros=-1, spectral_radius=1.0), "`nonzeros` must be an integer >= 1, got -1"),
+        (dict(nonzeros=3, spectral_radius=0.0), "`spectral_radius` must be finite and > 0, got 0.0"),
+        (dict(nonzeros=3, singular_value=-2.0), "`singular_value` must be finite and > 0, got -2.0"),
         (dict(nonzeros=3), "exactly one of spectral_radius"),
         (dict(nonzeros=3, spectral_radius=1.0, singular_value=1.0), "exactly one"),
     ],
@@ -112,5 +112,5 @@ def test_dynamical_isometry_singular_values_all_equal_gain(activation):
 def test_dynamical_isometry_bad_activation_and_variance():
     with pytest.raises(ValueError, match="'sign'.*derivative is 0.*use one of"):
         initializers.DynamicalIsometry("sign")
-    with pytest.raises(ValueError, match="q_star must be.*-1.0"):
+    with pytest.raises(ValueError, match="`q_star` must be finite and >= 0, got -1.0. It is a variance"):
         initializers.critical_gain("tanh", -1.0)

@@ -178,8 +178,8 @@ def test_regression_threshold():
     "kwargs,match",
     [
         (dict(name="temporal_order", length=9), "length=9 is too short"),
-        (dict(name="addition", length=0), "positive integer"),
-        (dict(name="memorization_5bit", length=-3), "positive integer"),
+        (dict(name="addition", length=0), "`length` must be an integer >= 1, got 0"),
+        (dict(name="memorization_5bit", length=-3), "`length` must be an integer >= 1, got -3"),
         (dict(name="random_permutation", length=2), "too short"),
         (dict(name="xor", length=50), "Unknown task"),
     ],
@@ -191,9 +191,9 @@ def test_bad_parameters(kwargs, match):
 
 def test_bad_counts():
     task = pt.PathologicalTask("temporal_order", 20)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="`n` must be an integer >= 1, got 0"):
         pt.evaluate_success(_oracle(task), task, n=0)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="`n` must be an integer >= 1"):
         task.sample(0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="batch_size"):
         task.dataset(0, seed=0)

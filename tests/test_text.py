@@ -73,7 +73,7 @@ def test_bptt_windows_are_consecutive_streams():
 
 
 def test_bptt_bad_arguments():
-    with pytest.raises(ValueError, match="window must be a positive integer"):
+    with pytest.raises(ValueError, match="`window` must be an integer >= 1, got 0"):
         text.bptt_windows(np.arange(10), 2, 0)
     with pytest.raises(ValueError, match="cannot fill one window"):
         text.bptt_windows(np.arange(10), 4, 5)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_diffusion import validation
 from keras_diffusion.curvature import linear_operator, spectra
 from keras_diffusion.training.closure import Closure
 
@@ -23,8 +24,8 @@ class CurvatureMonitor(keras.callbacks.Callback):
     """Logs ``{prefix}{matrix}_max``, ``{prefix}{matrix}_min``, ``{prefix}{matrix}_trace``.
 
     ``_max``/``_min`` are the largest and smallest (most negative) Ritz values of
-    ``lanczos_steps`` Lanczos steps (exact eigenvalues when ``lanczos_steps`` is the number of
-    weights); ``_trace`` is Hutchinson's estimate with ``hutchinson_probes`` Rademacher probes.
+    ``lanczos_num_steps`` Lanczos steps (exact eigenvalues when ``lanczos_num_steps`` is the
+    number of weights); ``_trace`` is Hutchinson's estimate with ``hutchinson_probes`` Rademacher probes.
     The matrices are those of the total training loss (compiled loss, ``add_loss`` terms and
     regularizers; ``"ggn"`` omits ``add_loss`` terms, see ``Closure.ggn_vp``) on the batch,
     evaluated as in training (``training=True``), at the weights at the end of the epoch.
@@ -35,7 +36,7 @@ class CurvatureMonitor(keras.callbacks.Callback):
             ``tf.data.Dataset`` whose first element is used.
         every: measure at the end of epochs ``every - 1, 2 * every - 1, ...``.
         matrices: a subset of ``("hessian", "ggn")``.
-        lanczos_steps: Lanczos steps (capped at the number of weights).
+        lanczos_num_steps: Lanczos steps (capped at the number of weights).
         hutchinson_probes: probes of the trace estimate (>= 2); 0 skips the trace.
         seed: integer seed of the Lanczos start vector and the probes.
         prefix: prefix of the log keys.
@@ -53,30 +54,33 @@ class CurvatureMonitor(keras.callbacks.Callback):
         data,
         every=1,
         matrices=("hessian",),
-        lanczos_steps=20,
+        lanczos_num_steps=20,
         hutchinson_probes=10,
         seed=0,
         prefix="curvature/",
     ):
         super().__init__()
-        if not (isinstance(every, int) and every > 0):
-            raise ValueError(
-                f"every must be a positive int, got {every!r}; use every=1 to measure after "
-                "every epoch."
-            )
+        every = validation.positive_int(
+            "every", every, "Use every=1 to measure after every epoch."
+        )
         matrices = (matrices,) if isinstance(matrices, str) else tuple(matrices)
-        if not matrices or any(m not in MATRICES for m in matrices):
+        if not matrices:
             raise ValueError(
-                f"matrices must be a non-empty subset of {MATRICES}, got {matrices!r}; e.g. "
+                f"matrices must be a non-empty subset of {MATRICES}, got (); e.g. "
                 "matrices=(\"hessian\", \"ggn\")."
             )
-        if not (isinstance(lanczos_steps, int) and lanczos_steps > 0):
+        for matrix in matrices:
+            validation.one_of("matrices entry", matrix, MATRICES)
+        lanczos_num_steps = validation.positive_int(
+            "lanczos_num_steps", lanczos_num_steps, "e.g. 20."
+        )
+        hutchinson_probes = validation.integer(
+            "hutchinson_probes", hutchinson_probes, hint="Pass 0 (no trace) or e.g. 10."
+        )
+        if hutchinson_probes == 1:
             raise ValueError(
-                f"lanczos_steps must be a positive int, got {lanczos_steps!r}; e.g. 20."
-            )
-        if hutchinson_probes == 1 or hutchinson_probes < 0:
-            raise ValueError(
-                f"hutchinson_probes must be 0 (no trace) or >= 2, got {hutchinson_probes!r}."
+                "`hutchinson_probes` must be 0 (no trace) or >= 2, got 1: the estimate's "
+                "standard error needs two probes."
             )
         if isinstance(data, tf.data.Dataset):
             data = next(iter(data))
@@ -88,7 +92,7 @@ class CurvatureMonitor(keras.callbacks.Callback):
         self.data = tuple(data)
         self.every = every
         self.matrices = matrices
-        self.lanczos_steps = lanczos_steps
+        self.lanczos_num_steps = lanczos_num_steps
         self.hutchinson_probes = hutchinson_probes
         self.seed = seed
         self.prefix = prefix
@@ -98,7 +102,7 @@ class CurvatureMonitor(keras.callbacks.Callback):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(self.data)
         closure = Closure(self.model, x, y, sample_weight)
         size = sum(int(np.prod(p.shape)) for p in closure.params)
-        steps = min(self.lanczos_steps, size)
+        steps = min(self.lanczos_num_steps, size)
         v0 = linear_operator.random_normal_like(closure.params, seed=(self.seed, 1))
         results = {}
         for name in self.matrices:

@@ -49,6 +49,7 @@ import tensorflow as tf
 if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_diffusion import validation  # noqa: E402
 from scripts import train  # noqa: E402
 
 SCHEDULE_FRACTIONS = (0.05, 0.1, 0.2, 0.4)
@@ -87,15 +88,19 @@ class Settings:
     search_seeds: int = 1
 
     def __post_init__(self):
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"batch_sizes must be integers >= 1, got {self.batch_sizes!r}.")
+        if not self.batch_sizes:
+            raise ValueError(
+                f"batch_sizes must name at least one batch size, got {self.batch_sizes!r}."
+            )
+        for size in self.batch_sizes:
+            validation.positive_int("batch_sizes entry", size)
         counts = ("seeds", "epochs", "search_trials", "search_epochs", "workers", "search_seeds")
         for name in counts:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
-        if not 0.0 < self.validation_fraction < 1.0:
+            validation.positive_int(name, getattr(self, name))
+        if validation.fraction("validation_fraction", self.validation_fraction) == 1.0:
             raise ValueError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}."
+                f"`validation_fraction` must be in (0, 1), got {self.validation_fraction!r}: "
+                "1 leaves no sequence to train on."
             )
 
 

@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the c
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_diffusion  # noqa: E402
+from keras_diffusion import validation  # noqa: E402
 from keras_diffusion.losses import SequenceSquaredError  # noqa: E402
 from keras_diffusion.optimizers import AnnealedStep  # noqa: E402
 from models import adding, builders  # noqa: E402
@@ -75,15 +76,14 @@ class MethodSpec:
     sigma_floor: float = 0.01
 
     def __post_init__(self):
-        _check_choice("method", self.method, METHODS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_positive("learning_rate", self.learning_rate)
-        _check_positive("sigma_epochs", self.sigma_epochs)
+        validation.one_of("method", self.method, METHODS)
+        validation.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        validation.one_of("schedule", self.schedule, SCHEDULES)
+        validation.positive("learning_rate", self.learning_rate)
+        validation.positive_int("sigma_epochs", self.sigma_epochs)
         for name in ("sigma0", "sigma_cutoff", "penalty", "sigma_floor", "sigma_gamma"):
-            keras_diffusion.bandwidth.check_nonnegative(name, getattr(self, name))
-        if not 0.0 < self.sigma_rate <= 1.0:
-            raise ValueError(f"sigma_rate must be in (0, 1], got {self.sigma_rate!r}.")
+            validation.nonnegative(name, getattr(self, name))
+        validation.fraction("sigma_rate", self.sigma_rate)
         if self.sigma_stages:  # validated even where unused, naming the bad value
             keras_diffusion.callbacks.StagedSigma(list(self.sigma_stages), epochs_per_stage=1)
 
@@ -121,10 +121,10 @@ class RunConfig:
     verbose: int = 1
 
     def __post_init__(self):
-        _check_choice("task", self.task, TASKS)
+        validation.one_of("task", self.task, TASKS)
         for name in ("epochs", "batch_size", "units"):
-            _check_positive(name, getattr(self, name))
-        _check_positive("target_error", self.target_error)
+            validation.positive_int(name, getattr(self, name))
+        validation.positive("target_error", self.target_error)
 
     def make_task(self, seed=None):
         seed = self.seed if seed is None else seed
@@ -316,16 +316,6 @@ def plot_curves(results, run, path):
     pyplot.close(figure)
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
-
-
-def _check_positive(name, value):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
-
-
 FLAGS = flags.FLAGS
 
 
@@ -385,7 +375,7 @@ def configs_from_flags():
         raise ValueError(f"--methods must name at least one of {METHODS}.")
     specs = []
     for method in FLAGS.methods:
-        _check_choice("--methods entry", method, METHODS)
+        validation.one_of("--methods entry", method, METHODS)
         specs.append(
             MethodSpec(
                 method=method,

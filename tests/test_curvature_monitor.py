@@ -35,7 +35,7 @@ def test_monitor_matches_dense_eigendecomposition():
     monitor = kd.CurvatureMonitor(
         tf.data.Dataset.from_tensor_slices((x, y, w)).batch(6),  # its first batch
         matrices=("hessian", "ggn"),
-        lanczos_steps=50,  # capped at the 8 weights: exact eigenvalues
+        lanczos_num_steps=50,  # capped at the 8 weights: exact eigenvalues
         hutchinson_probes=probes,
     )
     history = model.fit(
@@ -58,16 +58,22 @@ def test_monitor_matches_dense_eigendecomposition():
 
 def test_monitor_every_and_arguments():
     model, x, y, _ = _setup()
-    monitor = kd.CurvatureMonitor((x, y), every=2, lanczos_steps=3, hutchinson_probes=0)
+    monitor = kd.CurvatureMonitor((x, y), every=2, lanczos_num_steps=3, hutchinson_probes=0)
     history = model.fit(x, y, epochs=3, verbose=0, callbacks=[monitor]).history
     assert len(history["curvature/hessian_max"]) == 1  # epoch 2 only
     assert "curvature/hessian_trace" not in history
-    with pytest.raises(ValueError, match="matrices"):
+    with pytest.raises(ValueError, match="`matrices entry` must be one of .*'fisher'"):
         kd.CurvatureMonitor((x, y), matrices=("fisher",))
-    with pytest.raises(ValueError, match="hutchinson_probes"):
+    with pytest.raises(ValueError, match="matrices must be a non-empty subset"):
+        kd.CurvatureMonitor((x, y), matrices=())
+    with pytest.raises(ValueError, match="`hutchinson_probes` must be 0 .* or >= 2, got 1"):
         kd.CurvatureMonitor((x, y), hutchinson_probes=1)
-    with pytest.raises(ValueError, match="every"):
+    with pytest.raises(ValueError, match="`hutchinson_probes` must be an integer >= 0, got -2"):
+        kd.CurvatureMonitor((x, y), hutchinson_probes=-2)
+    with pytest.raises(ValueError, match="`every` must be an integer >= 1, got 0. Use every=1"):
         kd.CurvatureMonitor((x, y), every=0)
+    with pytest.raises(ValueError, match="`lanczos_num_steps` must be an integer >= 1, got 2.5"):
+        kd.CurvatureMonitor((x, y), lanczos_num_steps=2.5)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -82,7 +88,7 @@ def test_monitor_on_mixed_precision_model_gives_float32_numbers(policy):
     numbers = []
     for model in (mixed, reference):
         monitor = kd.CurvatureMonitor(
-            (x, y, w), matrices=("hessian", "ggn"), lanczos_steps=50, hutchinson_probes=4
+            (x, y, w), matrices=("hessian", "ggn"), lanczos_num_steps=50, hutchinson_probes=4
         )
         monitor.set_model(model)
         numbers.append(monitor.measure())

@@ -70,7 +70,7 @@ def test_two_replicas_match_one_device_on_the_same_global_batch(mirrored_strateg
     monitor_data = (x[:8], y[:8], w[:8])
     results = []
     for model in (single, double):
-        monitor = kd.CurvatureMonitor(monitor_data, lanczos_steps=6, hutchinson_probes=2)
+        monitor = kd.CurvatureMonitor(monitor_data, lanczos_num_steps=6, hutchinson_probes=2)
         monitor.set_model(model)
         with model.distribute_strategy.scope():
             results.append(monitor.measure())

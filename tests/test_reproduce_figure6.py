@@ -98,10 +98,11 @@ def test_table_cells():
     "overrides, message",
     [
         (dict(batch_sizes=()), r"batch_sizes.*got \(\)"),
-        (dict(batch_sizes=(0,)), r"batch_sizes.*got \(0,\)"),
-        (dict(seeds=0), "seeds must be >= 1, got 0"),
-        (dict(search_seeds=0), "search_seeds must be >= 1, got 0"),
-        (dict(validation_fraction=0.0), r"validation_fraction must be in \(0, 1\), got 0.0"),
+        (dict(batch_sizes=(0,)), r"`batch_sizes entry` must be an integer >= 1, got 0"),
+        (dict(seeds=0), "`seeds` must be an integer >= 1, got 0"),
+        (dict(search_seeds=0), "`search_seeds` must be an integer >= 1, got 0"),
+        (dict(validation_fraction=0.0), r"`validation_fraction` must be in \(0, 1\], got 0.0"),
+        (dict(validation_fraction=1.0), r"`validation_fraction` must be in \(0, 1\), got 1.0"),
     ],
 )
 def test_bad_settings_name_the_value(overrides, message):

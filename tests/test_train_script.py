@@ -95,9 +95,9 @@ def test_annealed_run_moves_the_error_every_epoch():
         (lambda: train.MethodSpec(method="adam"), "'adam'"),
         (lambda: train.MethodSpec(learning_rate=-1.0), "-1.0"),
         (lambda: train.MethodSpec(sigma0=float("nan")), "nan"),
-        (lambda: train.MethodSpec(sigma_rate=0.0), r"sigma_rate must be in \(0, 1\], got 0.0"),
+        (lambda: train.MethodSpec(sigma_rate=0.0), r"`sigma_rate` must be in \(0, 1\], got 0.0"),
         (lambda: train.MethodSpec(schedule="staged", sigma_stages=(1.0, 0.5)), "end at 0"),
-        (lambda: train.RunConfig(batch_size=0), "batch_size must be a finite number > 0, got 0"),
+        (lambda: train.RunConfig(batch_size=0), "`batch_size` must be an integer >= 1, got 0"),
         (lambda: train.RunConfig(task="copy"), "'copy'"),
     ],
 )

@@ -1,5 +1,10 @@
-"""Gradient-norm clipping (Pascanu thesis sec. 5.7, Algorithm 5) with the deep-transition
-cells: Keras's ``global_clipnorm`` rescales the whole gradient to the threshold."""
+"""Gradient clipping (Pascanu thesis sec. 5.7, Algorithm 5) combined with this package.
+
+Keras's own ``global_clipnorm`` / ``clipvalue`` are Keras's to test; here: the gradient of the
+loss plus the norm-preserving regularizer Omega is clipped as one (``NormPreservingModel``),
+``AnnealedStep`` normalizes the clipped gradient (Mobahi 2016, sec. 5.2) and still rejects a
+non-finite one, and the closure optimizers refuse clipping options they cannot honour.
+"""
 
 import keras
 import numpy as np
@@ -9,6 +14,7 @@ import tensorflow as tf
 from keras_diffusion import regularizers
 from keras_diffusion.layers.deep_output import DeepOutput
 from keras_diffusion.layers.deep_transition import DeepTransitionRNN, DeepTransitionRNNCell
+from keras_diffusion.optimizers import AnnealedStep, GaussNewton
 
 RNG = np.random.default_rng(2)
 X = RNG.normal(size=(4, 6, 3)).astype("float32")
@@ -27,51 +33,24 @@ def _model(seed=0):
 def _gradient(model):
     with tf.GradientTape() as tape:
         loss = keras.losses.MeanSquaredError()(Y, model(X))
-    return [np.asarray(g) for g in tape.gradient(loss, model.trainable_variables)]
+    return [np.asarray(g, "float64") for g in tape.gradient(loss, model.trainable_variables)]
+
+
+def _global_norm(arrays):
+    return np.sqrt(sum((a.astype("float64") ** 2).sum() for a in arrays))
 
 
 def _clip(grads, threshold):
-    norm = np.sqrt(sum((g.astype("float64") ** 2).sum() for g in grads))
+    norm = _global_norm(grads)
     return [g * min(1.0, threshold / norm) for g in grads], norm
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_sgd_step_is_rescaled_to_the_threshold(jit):
-    model, _ = _model()
-    grads = _gradient(model)
-    clipped, norm = _clip(grads, 0.5)
-    assert norm > 0.5 * 4  # the threshold is active
-    before = [np.asarray(v) for v in model.trainable_variables]
-    model.compile(keras.optimizers.SGD(0.1, global_clipnorm=0.5), loss="mse", jit_compile=jit)
+def _step_of(model, optimizer, jit=False):
+    """The change of every weight after one ``train_on_batch`` with ``optimizer``."""
+    before = [np.asarray(v, "float64") for v in model.trainable_variables]
+    model.compile(optimizer, loss="mse", jit_compile=jit)
     model.train_on_batch(X, Y)
-    step = [b - np.asarray(v) for b, v in zip(before, model.trainable_variables)]
-    assert np.sqrt(sum((s**2).sum() for s in step)) == pytest.approx(0.1 * 0.5, rel=1e-4)
-    for s, c in zip(step, clipped):
-        np.testing.assert_allclose(s, 0.1 * c, rtol=2e-3, atol=1e-6)
-
-
-def test_small_gradients_are_not_changed():
-    model, _ = _model()
-    grads = _gradient(model)
-    _, norm = _clip(grads, 1.0)
-    before = [np.asarray(v) for v in model.trainable_variables]
-    model.compile(keras.optimizers.SGD(0.01, global_clipnorm=float(10 * norm)), loss="mse")
-    model.train_on_batch(X, Y)
-    for b, v, g in zip(before, model.trainable_variables, grads):
-        np.testing.assert_allclose(np.asarray(v), b - 0.01 * g, rtol=1e-4, atol=1e-7)
-
-
-@pytest.mark.parametrize("make", [keras.optimizers.Adam, keras.optimizers.RMSprop])
-def test_adaptive_optimizers_see_the_clipped_gradient(make):
-    clipped_model, _ = _model()
-    reference, _ = _model()
-    clipped, _ = _clip(_gradient(reference), 0.3)
-    clipped_model.compile(make(0.01, global_clipnorm=0.3), loss="mse")
-    clipped_model.train_on_batch(X, Y)
-    optimizer = make(0.01)
-    optimizer.apply([tf.constant(c, "float32") for c in clipped], reference.trainable_variables)
-    for a, b in zip(clipped_model.trainable_variables, reference.trainable_variables):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    return [np.asarray(v, "float64") - b for b, v in zip(before, model.trainable_variables)]
 
 
 def test_clipping_applies_to_loss_plus_omega_gradient():
@@ -89,3 +68,44 @@ def test_clipping_applies_to_loss_plus_omega_gradient():
     wrapped.train_on_batch(X, Y)
     for b, v, c in zip(before, model.trainable_variables, clipped):
         np.testing.assert_allclose(b - np.asarray(v), c, rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_annealed_step_normalizes_the_elementwise_clipped_gradient(jit):
+    model, _ = _model()
+    grads = _gradient(model)
+    clipped = [np.clip(g, -0.05, 0.05) for g in grads]
+    assert any((np.abs(g) > 0.05).any() for g in grads)  # the clip is active
+    step = _step_of(model, AnnealedStep(0.3, bandwidth=0.5, clipvalue=0.05), jit)
+    # Mobahi (2016) sec. 5.2: length learning_rate * sigma along the (clipped) gradient.
+    assert _global_norm(step) == pytest.approx(0.3 * 0.5, rel=1e-5)
+    norm = _global_norm(clipped)
+    for s, c in zip(step, clipped):
+        np.testing.assert_allclose(s, -0.15 * c / norm, rtol=1e-3, atol=1e-7)
+
+
+def test_annealed_step_is_unchanged_by_a_global_norm_clip():
+    # A global rescaling keeps the direction, and AnnealedStep fixes the length.
+    clipped_model, _ = _model()
+    reference, _ = _model()
+    assert _global_norm(_gradient(reference)) > 10 * 1e-3
+    clipped = _step_of(clipped_model, AnnealedStep(0.3, bandwidth=0.5, global_clipnorm=1e-3))
+    plain = _step_of(reference, AnnealedStep(0.3, bandwidth=0.5))
+    for a, b in zip(clipped, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("clipping", [dict(global_clipnorm=1.0), dict(clipvalue=1.0)])
+def test_annealed_step_rejects_a_non_finite_gradient_after_clipping(clipping):
+    optimizer = AnnealedStep(0.3, bandwidth=0.5, **clipping)
+    variables = [keras.Variable([1.0, 2.0]), keras.Variable(3.0)]
+    optimizer.apply([tf.constant([np.nan, 1.0]), tf.constant(1.0)], variables)
+    assert int(optimizer.rejected_steps.numpy()) == 1
+    np.testing.assert_array_equal(variables[0].numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(variables[1].numpy(), 3.0)
+
+
+@pytest.mark.parametrize("option", ["global_clipnorm", "clipnorm", "clipvalue"])
+def test_closure_optimizers_refuse_gradient_clipping(option):
+    with pytest.raises(ValueError, match=option):
+        GaussNewton(**{option: 1.0})

@@ -52,3 +52,27 @@ def symmetric(eigenvalues, seed):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(len(eigenvalues), len(eigenvalues))))
     return q @ np.diag(eigenvalues) @ q.T
+
+
+def dense_hessian(fn, outputs):
+    """Hessian of scalar ``fn(outputs)`` w.r.t. the flattened ``outputs``."""
+    flat = tf.reshape(outputs, [-1])
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(flat)
+        with tf.GradientTape() as inner:
+            inner.watch(flat)
+            loss = fn(tf.reshape(flat, outputs.shape))
+        grad = inner.gradient(loss, flat)
+    return outer.jacobian(grad, flat, experimental_use_pfor=False).numpy()
+
+
+def replica_operator(halves):
+    """Inside ``strategy.run`` of a 2-replica strategy: the matvec of this replica's matrix
+    ``halves[replica]``; the whole operator is their sum (as for a batch split in two)."""
+    stacked = tf.constant(halves)
+
+    def local(v):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return operator(tf.gather(stacked, replica))(v)
+
+    return local

@@ -4,23 +4,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from dense_blocks import dense_hessian
 
 from keras_diffusion import curvature
 from keras_diffusion.curvature import loss_hessians
 
 F64 = "float64"
-
-
-def dense_hessian(fn, outputs):
-    """Hessian of scalar ``fn(outputs)`` w.r.t. the flattened ``outputs``."""
-    flat = tf.reshape(outputs, [-1])
-    with tf.GradientTape(persistent=True) as outer:
-        outer.watch(flat)
-        with tf.GradientTape() as inner:
-            inner.watch(flat)
-            loss = fn(tf.reshape(flat, outputs.shape))
-        grad = inner.gradient(loss, flat)
-    return outer.jacobian(grad, flat, experimental_use_pfor=False).numpy()
 
 
 def dense_operator(op, outputs):

@@ -253,18 +253,17 @@ def test_mismatched_structures_raise():
         solvers.cg_save_schedule(10, gamma=1.0)
 
 
+# Two replicas' halves of one matrix (A = A_0 + A_1) and a right-hand side.
+HALVES = np.stack([db.symmetric(np.linspace(0.5, 4.0, db.N), 13),
+                   db.symmetric(np.linspace(-0.4, 3.0, db.N), 14)])
+HALVES_B = db.blocks(np.random.default_rng(15).normal(size=db.N))
+
+
 def test_two_replica_products_give_the_single_device_solution(mirrored_strategy):
     # Each replica holds half of the curvature (A = A_0 + A_1, as for a split batch); the
     # solvers run in cross-replica context on the replica-summed product.
-    strategy = mirrored_strategy
-    halves = np.stack([db.symmetric(np.linspace(0.5, 4.0, db.N), 13),
-                       db.symmetric(np.linspace(-0.4, 3.0, db.N), 14)])
-    b = db.blocks(np.random.default_rng(15).normal(size=db.N))
-    stacked = tf.constant(halves)
-
-    def local_product(v):
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        return db.operator(tf.gather(stacked, replica))(v)
+    strategy, halves, b = mirrored_strategy, HALVES, HALVES_B
+    local_product = db.replica_operator(halves)
 
     def distributed(v):
         per_replica = strategy.run(local_product, args=(v,))
@@ -440,15 +439,11 @@ def test_unrolled_minres_equals_looped():
 def test_unrolled_solvers_run_with_all_reduces_in_replica_context(mirrored_strategy):
     # Inside strategy.run (as in a train step) each replica all-reduces its half of the
     # product: TensorFlow rejects that inside tf.while_loop, the unrolled solvers run it.
-    strategy = mirrored_strategy
-    halves = np.stack([db.symmetric(np.linspace(0.5, 4.0, db.N), 13),
-                       db.symmetric(np.linspace(-0.4, 3.0, db.N), 14)])
-    b = db.blocks(np.random.default_rng(15).normal(size=db.N))
-    stacked = tf.constant(halves)
+    strategy, halves, b = mirrored_strategy, HALVES, HALVES_B
+    local = db.replica_operator(halves)
 
     def replica_fn(unroll):
         ctx = tf.distribute.get_replica_context()
-        local = db.operator(tf.gather(stacked, ctx.replica_id_in_sync_group))
         matvec = lambda v: ctx.all_reduce("SUM", local(v))  # noqa: E731
         cg = solvers.conjugate_gradient(matvec, b, tol=1e-10, epsilon=0.0, max_iterations=15,
                                         unroll=unroll)

@@ -183,15 +183,16 @@ def test_non_finite_or_negative_tolerances_name_the_value_and_fix(bad):
         spectra.spectral_density([1.0], [1.0], [0.0], sigma=tf.constant(-1.0))
 
 
+# Two replicas' halves of one indefinite matrix (A = A_0 + A_1).
+HALVES = np.stack([INDEFINITE, db.symmetric(np.linspace(-1.0, 2.0, db.N), 10)])
+
+
 def test_two_replica_products_give_the_single_device_spectra(mirrored_strategy):
     # Each replica holds half of the curvature (A = A_0 + A_1, as for a split batch); the
     # estimators run in cross-replica context on the replica-summed product.
     strategy = mirrored_strategy
-    halves = tf.constant(np.stack([INDEFINITE, db.symmetric(np.linspace(-1.0, 2.0, db.N), 10)]))
-
-    def local_product(v):
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        return db.operator(tf.gather(halves, replica))(v)
+    halves = tf.constant(HALVES)
+    local_product = db.replica_operator(HALVES)
 
     def distributed(v):
         per_replica = strategy.run(local_product, args=(v,))
@@ -270,12 +271,11 @@ def test_unrolled_spectra_run_with_all_reduces_in_replica_context(mirrored_strat
     # Inside strategy.run (as in a train step) each replica all-reduces its half of the
     # product: TensorFlow rejects that inside tf.while_loop/tf.cond, unrolled loops run it.
     strategy = mirrored_strategy
-    halves = np.stack([INDEFINITE, db.symmetric(np.linspace(-1.0, 2.0, db.N), 10)])
-    stacked = tf.constant(halves)
+    halves = HALVES
+    local = db.replica_operator(halves)
 
     def replica_fn(unroll):
         ctx = tf.distribute.get_replica_context()
-        local = db.operator(tf.gather(stacked, ctx.replica_id_in_sync_group))
         matvec = lambda v: ctx.all_reduce("SUM", local(v))  # noqa: E731
         return (spectra.lanczos(matvec, db.blocks(V0), 4, unroll=unroll).ritz_values,
                 spectra.hutchinson_trace(matvec, db.LIKE, 2, seed=(3, 3), unroll=unroll).samples)

@@ -93,50 +93,23 @@ def test_dataset_matches_arrays_and_shuffles_reproducibly():
 
 
 @pytest.mark.parametrize(
-    "make, error, message",
+    "make, message",
     [
-        (
-            lambda: adding.AddingTask(length=1),
-            ValueError,
-            "`length` must be an integer >= 2, got 1",
-        ),
-        (
-            lambda: adding.AddingTask(num_train=0),
-            ValueError,
-            "`num_train` must be an integer >= 1, got 0",
-        ),
-        (
-            lambda: adding.AddingTask(num_test=0),
-            ValueError,
-            "`num_test` must be an integer >= 1, got 0",
-        ),
-        (
-            lambda: adding.AddingTask(length=2.5),
-            ValueError,
-            "`length` must be an integer >= 2, got 2.5",
-        ),
-        (lambda: adding.AddingTask(placement="ends"), ValueError, "'ends'"),
-        (lambda: adding.AddingTask(validation_fraction=1.0), ValueError, r"in \[0, 1\), got 1.0"),
-        (
-            lambda: adding.AddingTask(num_train=2, validation_fraction=0.9),
-            ValueError,
-            "no training",
-        ),
-        (
-            lambda: adding.long_adding_task(length=50),
-            ValueError,
-            "`length` must be an integer >= 200, got 50",
-        ),
-        (
-            lambda: adding.AddingTask().dataset(batch_size=0),
-            ValueError,
-            "`batch_size` must be an integer >= 1",
-        ),
-        (lambda: adding.AddingTask().dataset(batch_size=-5), ValueError, "-5"),
-        (lambda: adding.AddingTask().arrays("dev"), ValueError, "'dev'"),
-        (lambda: adding.adding_arrays(0, 10), ValueError, "num_sequences"),
+        (lambda: adding.AddingTask(length=1), "`length` must be an integer >= 2, got 1"),
+        (lambda: adding.AddingTask(num_train=0), "`num_train` must be an integer >= 1, got 0"),
+        (lambda: adding.AddingTask(num_test=0), "`num_test` must be an integer >= 1, got 0"),
+        (lambda: adding.AddingTask(length=2.5), "`length` must be an integer >= 2, got 2.5"),
+        (lambda: adding.AddingTask(placement="ends"), "'ends'"),
+        (lambda: adding.AddingTask(validation_fraction=1.0), r"in \[0, 1\), got 1.0"),
+        (lambda: adding.AddingTask(num_train=2, validation_fraction=0.9), "no training"),
+        (lambda: adding.long_adding_task(length=50), "`length` must be an integer >= 200, got 50"),
+        (lambda: adding.AddingTask().dataset(batch_size=0), "`batch_size` must be an integer >= 1"),
+        (lambda: adding.AddingTask().dataset(batch_size=-5), "-5"),
+        (lambda: adding.AddingTask().arrays("dev"), "'dev'"),
+        (lambda: adding.adding_arrays(0, 10), "num_sequences"),
     ],
 )
-def test_bad_parameters_are_named(make, error, message):
-    with pytest.raises(error, match=message):
+def test_bad_parameters_are_named(make, message):
+    # Every bad argument is a ValueError (a float where a count is expected included).
+    with pytest.raises(ValueError, match=message):
         make()

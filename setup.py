@@ -3,7 +3,7 @@
 The paper experiments (`models/`) and their entry points (`scripts/`) stay in the clone: run
 them from there (`python scripts/train.py`); they find the clone's root themselves.
 The keras / tensorflow ranges are the ones `keras_diffusion/compat.py` was tested against
-(`TESTED_KERAS`, `TESTED_TENSORFLOW`); `tests/test_compat.py` checks that both agree.
+(`TESTED_KERAS`, `TESTED_TENSORFLOW`); `tests/test_packaging.py` checks that both agree.
 """
 from setuptools import find_packages, setup
 
@@ -26,7 +26,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "tests": ["pytest", "pytest-xdist", "scipy", "jax"],
+        # setuptools and wheel: tests/test_packaging.py builds the wheel without isolation.
+        "tests": ["pytest", "pytest-xdist", "scipy", "jax", "setuptools", "wheel"],
         "benchmarks": ["jax"],
     },
 )

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import keras_diffusion as kd  # noqa: E402
-from keras_diffusion.layers.diffused_rnn import DiffusedOutput, DiffusedRNN, DiffusedRNNCell  # noqa: E402
+from keras_diffusion.layers import DiffusedOutput, DiffusedRNN, DiffusedRNNCell  # noqa: E402
 from keras_diffusion.losses import SequenceSquaredError  # noqa: E402
 
 FLAGS = flags.FLAGS

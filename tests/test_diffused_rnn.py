@@ -13,12 +13,8 @@ import tensorflow as tf
 from scipy import special, stats
 
 import keras_diffusion as kd
-from keras_diffusion.layers.diffused_rnn import (
-    DiffusedOutput,
-    DiffusedRNN,
-    DiffusedRNNCell,
-    smoothing_penalty,
-)
+from keras_diffusion.layers import DiffusedOutput, DiffusedRNN, DiffusedRNNCell
+from keras_diffusion.layers.smoothing import smoothing_penalty
 from keras_diffusion.losses import SequenceSquaredError
 from models.builders import adding_test_error, build_adding_rnn
 
@@ -345,7 +341,7 @@ def test_save_and_load_keeps_sigma_predictions_and_one_shared_bandwidth(tmp_path
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: DiffusedRNNCell(0), "units must be a positive integer, got 0"),
+        (lambda: DiffusedRNNCell(0), "units` must be an integer >= 1, got 0"),
         (lambda: DiffusedRNNCell(-2), "got -2"),
         (lambda: DiffusedOutput(0), "got 0"),
         (lambda: DiffusedRNNCell(3, "softsign"), "'softsign'.*'erf'"),

@@ -82,17 +82,16 @@ class Bandwidth(keras.layers.Layer):
         super().__init__(trainable=trainable, **kwargs)
         self.initial_sigma = check_sigma(sigma)
         self.sharing_key = uuid.uuid4().hex
-        # Built at once: sigma is a scalar whatever the inputs of the layers holding it.
-        self.build()
-
-    def build(self, input_shape=None):
+        # Created at construction, not in build: sigma is a scalar whatever the inputs of the
+        # layers holding it, and schedules assign it before any of them is called.
         self.variable = self.add_weight(
             name="sigma",
             shape=(),
             dtype="float32",
             initializer=keras.initializers.Constant(self.initial_sigma),
-            trainable=self.trainable,
+            trainable=trainable,
         )
+        self.build(None)
 
     @property
     def value(self):

@@ -338,6 +338,18 @@ def test_save_and_load_keeps_sigma_predictions_and_one_shared_bandwidth(tmp_path
     assert not np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_compiled_recurrences_are_cached_per_activation_in_bounded_caches():
+    from keras_diffusion.layers import scaled_recurrence
+
+    x = np.random.default_rng(10).normal(size=(S, T, X)).astype("float32")
+    for name in ("erf", "tanh", "sigmoid", "erf"):  # a second erf layer reuses the first's
+        DiffusedRNN(DiffusedRNNCell(H, name, bandwidth=0.5, penalty=0.1))(x)
+    for cached in (scaled_recurrence.scaled_recurrence, scaled_recurrence.scaled_sums):
+        info = cached.cache_info()
+        assert info.maxsize == scaled_recurrence.CACHE_SIZE
+        assert info.currsize <= 3 and info.hits >= 1
+
+
 @pytest.mark.parametrize(
     "make,match",
     [

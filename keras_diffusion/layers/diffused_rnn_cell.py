@@ -24,8 +24,8 @@ class DiffusedRNNCell(keras.layers.Layer):
     runs the forward pass of eq. (6), step by step. :class:`DiffusedRNN` does not call it: it
     uses the cell's weights and moment helpers (:meth:`project`, :meth:`hidden_moments`), hoists
     the input projection out of the time loop, runs the fast erf/tanh/sigmoid recurrences as
-    one compiled op on ``u = c m`` (``keras_diffusion.layers.scaled_recurrence``) and adds the recurrent variance
-    term (3) of the diffused cost.
+    one compiled op on ``u = c m`` (``keras_diffusion.layers.scaled_recurrence``) and adds the
+    recurrent variance term (3) of the diffused cost.
 
     Args:
         units: number of hidden units ``H`` (positive int).

@@ -1,7 +1,7 @@
 """A Bandwidth shared by every kind of layer stays one object through every Keras round trip.
 
-Round trips: a ``.keras`` file, ``model.to_json()`` + ``keras.models.model_from_json`` and
-``keras.Model.from_config(model.get_config())``. After each the restored model holds one
+Round trips: a ``.keras`` file, ``model.to_json()`` + ``keras.models.model_from_json``,
+``keras.Model.from_config(model.get_config())`` and ``keras.models.clone_model``. After each the restored model holds one
 Bandwidth, and assigning it moves every diffused layer (checked on the predictions against
 the original model at the same sigma). Also: ``NormPreservingModel`` saves and loads with its
 weight schedule, and the layer-level defects of issue 7.
@@ -63,13 +63,15 @@ def restored_by(route, model, tmp_path):
         return keras.models.load_model(tmp_path / "model.keras")
     if route == "json":
         restored = keras.models.model_from_json(model.to_json())
+    elif route == "clone_model":
+        restored = keras.models.clone_model(model)
     else:
         restored = keras.Model.from_config(model.get_config())
     restored.set_weights(model.get_weights())
     return restored
 
 
-@pytest.mark.parametrize("route", ["keras_file", "json", "from_config"])
+@pytest.mark.parametrize("route", ["keras_file", "json", "from_config", "clone_model"])
 def test_one_shared_bandwidth_survives_every_round_trip(route, tmp_path):
     sigma = kd.Bandwidth(0.6)
     model = every_layer_model(sigma)

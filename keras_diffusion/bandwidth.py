@@ -23,7 +23,9 @@ layers of one config one shared object again:
   the id is the bandwidth's :attr:`Bandwidth.sharing_key`, a random token that a bandwidth
   restored from a config keeps, and :func:`resolve` gives every layer that names the same
   id the same restored bandwidth. A layer name that claims an id a second time starts a new
-  restoration (loading one config twice gives two independent models).
+  restoration (loading one config twice gives two independent models). Hence one limit:
+  two layers of *equal names* (possible only in different nested models) that share a
+  bandwidth come back from these routes with one bandwidth each; ``.keras`` files keep it.
 """
 
 import uuid

@@ -10,35 +10,48 @@ sigma lives in one small object, :class:`Bandwidth`, that the layers hold by ref
 >>> layer_b = keras_diffusion.layers.DiffusedActivation("tanh", bandwidth=sigma)
 
 Its value is a Keras variable: callbacks assign it during ``fit`` without retracing the
-train step, and ``model.save`` stores it once (the shared object keeps its identity
-through a ``.keras`` round trip).
+train step, and ``model.save`` stores it once.
+
+Serialization. A layer's ``get_config`` holds its bandwidth as :func:`serialize` makes it:
+the JSON config of ``keras.saving.serialize_keras_object(bandwidth)`` plus Keras's
+``"shared_object_id"``, the same for every layer holding that bandwidth. Loading gives the
+layers of one config one shared object again:
+
+* ``.keras`` files (``model.save`` / ``keras.models.load_model``): Keras's shared-object
+  scope matches the ids (the id is ``id(bandwidth)``, as Keras writes it);
+* ``model.to_json()`` / ``keras.models.model_from_json`` and ``from_config`` (no Keras scope):
+  the id is the bandwidth's :attr:`Bandwidth.sharing_key`, a random token that a bandwidth
+  restored from a config keeps, and :func:`resolve` gives every layer that names the same
+  id the same restored bandwidth. A layer name that claims an id a second time starts a new
+  restoration (loading one config twice gives two independent models). Hence one limit:
+  two layers of *equal names* (possible only in different nested models) that share a
+  bandwidth come back from these routes with one bandwidth each; ``.keras`` files keep it.
 """
 
-import math
+import uuid
+import weakref
 
 import keras
+import numpy as np
 from keras import ops
+
+from keras_diffusion import compat, validation
 
 
 def check_nonnegative(name, value, meaning=""):
     """Returns ``value`` as a float after checking that it is a finite number >= 0.
 
-    The one check behind every "finite and >= 0" argument of the package (sigma, penalty
-    weights, schedule constants). ``name`` and ``meaning`` (e.g. ``" (lambda of ...)"``) go into
-    the error message, which also names the bad value.
+    ``keras_diffusion.validation.nonnegative`` (a 0-d numpy array counts as its number) with
+    ``meaning`` (e.g. ``"(lambda of ...)"``) as the hint of its message.
     """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number >= 0, got {value!r}.") from None
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{name} must be finite and >= 0{meaning}, got {value!r}.")
-    return number
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    return validation.nonnegative(name, value, hint=meaning.strip())
 
 
 def check_sigma(sigma):
     """Returns ``sigma`` as a float after checking that it is finite and >= 0."""
-    return check_nonnegative("sigma", sigma, " (sigma = 0 is the undiffused network)")
+    return check_nonnegative("sigma", sigma, "(sigma = 0 is the undiffused network)")
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -50,6 +63,11 @@ class Bandwidth(keras.layers.Layer):
         trainable: whether sigma is trained with the weights (default ``False``: it is
             set by a continuation schedule, see ``keras_diffusion.callbacks``).
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ...).
+
+    Attributes:
+        sharing_key: the token that links the layers holding this bandwidth in configs made
+            outside a ``.keras`` file (see the module docstring); a bandwidth restored from
+            such a config keeps the key it was saved with.
 
     Example:
 
@@ -65,6 +83,9 @@ class Bandwidth(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(trainable=trainable, **kwargs)
         self.initial_sigma = check_sigma(sigma)
+        self.sharing_key = uuid.uuid4().hex
+        # Created at construction, not in build: sigma is a scalar whatever the inputs of the
+        # layers holding it, and schedules assign it before any of them is called.
         self.variable = self.add_weight(
             name="sigma",
             shape=(),
@@ -72,7 +93,7 @@ class Bandwidth(keras.layers.Layer):
             initializer=keras.initializers.Constant(self.initial_sigma),
             trainable=trainable,
         )
-        self.built = True
+        self.build(None)
 
     @property
     def value(self):
@@ -94,28 +115,91 @@ class Bandwidth(keras.layers.Layer):
         return config
 
 
-def resolve(bandwidth):
+def serialize(bandwidth):
+    """The JSON config of ``bandwidth`` for a layer's ``get_config`` (``None`` stays ``None``).
+
+    ``keras.saving.serialize_keras_object(bandwidth)`` with ``"shared_object_id"`` always
+    set: ``id(bandwidth)`` inside Keras's shared-object scope (``.keras`` saving), where Keras
+    marks repeated objects with that id itself, and :attr:`Bandwidth.sharing_key` outside it.
+    Setting it on every config, not only on repeats, keeps the link also where Keras copies a
+    config after serializing it (``keras.layers.RNN`` serializes its cell in ``get_config``).
+    """
+    if bandwidth is None:
+        return None
+    config = keras.saving.serialize_keras_object(bandwidth)
+    config["shared_object_id"] = (
+        id(bandwidth) if compat.in_object_sharing_scope() else bandwidth.sharing_key
+    )
+    return config
+
+
+class _Restorations:
+    """Bandwidths restored outside Keras's shared-object scope, by ``shared_object_id``.
+
+    Lifetime: an entry lives as long as its bandwidth (weak references), so the registry
+    never holds more entries than there are restored bandwidths alive. Each entry records the
+    names of the layers that took it; a name taking it again starts a new restoration.
+    """
+
+    def __init__(self):
+        self._entries = {}
+
+    def take(self, key, owner_name, config):
+        entry = self._entries.get(key)
+        bandwidth = None if entry is None else entry[0]()
+        if bandwidth is not None and owner_name not in entry[1]:
+            entry[1].add(owner_name)
+            return bandwidth
+        bandwidth = _deserialize(config)
+        bandwidth.sharing_key = key
+        self._entries[key] = (
+            weakref.ref(bandwidth, lambda _, key=key: self._forget(key)),
+            {owner_name},
+        )
+        return bandwidth
+
+    def _forget(self, key):
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is None:
+            del self._entries[key]
+
+
+_RESTORATIONS = _Restorations()
+
+
+def _deserialize(config):
+    restored = keras.saving.deserialize_keras_object(config)
+    if not isinstance(restored, Bandwidth):
+        raise TypeError(f"bandwidth config does not describe a Bandwidth: {config!r}")
+    return restored
+
+
+def resolve(bandwidth, owner=None):
     """Turns a layer's ``bandwidth`` argument into a :class:`Bandwidth`.
 
     Accepts a ``Bandwidth`` (shared by reference), a number (a private bandwidth starting at
-    that value), ``None`` (a private bandwidth starting at 1.0) or a serialized config.
+    that value), ``None`` (a private bandwidth starting at 1.0) or a config from
+    :func:`serialize` (or ``keras.saving.serialize_keras_object``). A config restores the
+    bandwidth it was made from once per loaded model: inside Keras's shared-object scope
+    Keras matches its ``shared_object_id``; outside it, the layers (``owner``, whose name
+    identifies it) whose configs carry the same id get the same bandwidth (module docstring).
     """
     if isinstance(bandwidth, Bandwidth):
         return bandwidth
     if bandwidth is None:
         return Bandwidth()
     if isinstance(bandwidth, dict):
-        restored = keras.saving.deserialize_keras_object(bandwidth)
-        if not isinstance(restored, Bandwidth):
-            raise TypeError(f"bandwidth config does not describe a Bandwidth: {bandwidth!r}")
-        return restored
+        key = bandwidth.get("shared_object_id")
+        if key is None or owner is None or compat.in_object_sharing_scope():
+            return _deserialize(bandwidth)
+        return _RESTORATIONS.take(key, owner.name, bandwidth)
     return Bandwidth(bandwidth)
 
 
 def bandwidths(model):
     """The distinct :class:`Bandwidth` objects used anywhere inside ``model``."""
     found = {}
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in compat.flatten_layers(model):
         if isinstance(layer, Bandwidth):
             found.setdefault(id(layer), layer)
     return list(found.values())

@@ -17,6 +17,7 @@ against; ``setup.py`` pins the same ranges.
 import keras
 import tensorflow as tf
 from keras.src import backend as _keras_backend
+from keras.src.backend.common import global_state as _global_state
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.losses import loss as _loss_module
 from keras.src.losses.losses import LossFunctionWrapper
@@ -30,6 +31,7 @@ __all__ = [
     "DropoutRNNCell",
     "LossFunctionWrapper",
     "all_reduce_sum_gradients",
+    "autocast_scope",
     "call_has_training_arg",
     "check_backend",
     "compile_loss",
@@ -37,6 +39,7 @@ __all__ = [
     "distributed_update_step",
     "flat_losses",
     "flatten_layers",
+    "in_object_sharing_scope",
     "loss_tracker",
     "maybe_merge_call",
     "optimizer_strategy",
@@ -164,3 +167,28 @@ def scalar_summary_metadata():
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
         data_class=summary_pb2.DATA_CLASS_SCALAR,
     )
+
+
+# Saving and dtype policies.
+
+
+def in_object_sharing_scope():
+    """Whether Keras is serializing or deserializing inside its shared-object scope.
+
+    ``.keras`` saving and loading open that scope (``ObjectSharingScope``): there Keras itself
+    matches the ``shared_object_id`` of configs to one object. ``model.to_json``,
+    ``keras.models.model_from_json`` and ``from_config`` run outside it.
+    """
+    return _global_state.get_global_attribute(
+        "shared_objects/id_to_config_map"
+    ) is not None
+
+
+def autocast_scope(dtype):
+    """The context in which ``Layer.__call__`` runs a layer: float variables read as ``dtype``.
+
+    A layer that runs another layer's computation without calling it (an RNN wrapper running
+    its cell's step) enters the cell's scope, so the cell computes in its own dtype policy as
+    it would inside ``keras.layers.RNN``.
+    """
+    return _keras_backend.AutocastScope(dtype)

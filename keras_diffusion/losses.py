@@ -16,6 +16,12 @@ class SequenceSquaredError(keras.losses.Loss):
     ``DiffusedOutput`` it makes ``fit`` minimize the diffused cost of sec. 4.3. For ``Y = 1``
     and final-step targets it equals ``keras.losses.MeanSquaredError``.
 
+    Shapes follow the Keras convention of ``MeanSquaredError``: where the ranks of targets
+    and predictions differ by one and the longer shape ends in 1 (targets ``(batch,)`` for
+    predictions ``(batch, 1)``), that axis is dropped; otherwise the shapes must be equal
+    (a ``ValueError`` names both, instead of broadcasting ``(N,)`` against ``(N, 1)`` to
+    ``(N, N)``).
+
     Args:
         name: loss name.
         reduction: Keras reduction of the per-sequence values (default ``"sum_over_batch_size"``).
@@ -33,5 +39,28 @@ class SequenceSquaredError(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.cast(y_true, y_pred.dtype)
+        y_true, y_pred = same_shape(y_true, y_pred)
         errors = ops.square(y_pred - y_true)
         return ops.sum(ops.reshape(errors, (ops.shape(errors)[0], -1)), axis=1)
+
+
+def same_shape(y_true, y_pred):
+    """``(y_true, y_pred)`` brought to one shape the Keras way, or ``ValueError`` naming both.
+
+    A trailing axis of length 1 on the operand of higher rank (by exactly one) is dropped;
+    unknown dimensions (``None``) match anything.
+    """
+    true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
+    if len(true_shape) == len(pred_shape) + 1 and true_shape[-1] == 1:
+        y_true, true_shape = ops.squeeze(y_true, axis=-1), true_shape[:-1]
+    elif len(pred_shape) == len(true_shape) + 1 and pred_shape[-1] == 1:
+        y_pred, pred_shape = ops.squeeze(y_pred, axis=-1), pred_shape[:-1]
+    if len(true_shape) != len(pred_shape) or any(
+        a is not None and b is not None and a != b for a, b in zip(true_shape, pred_shape)
+    ):
+        raise ValueError(
+            f"SequenceSquaredError needs targets of the predictions' shape ((batch, T, Y) for "
+            f"every step, (batch, Y) for the last one); got targets of shape "
+            f"{tuple(y_true.shape)} and predictions of shape {tuple(y_pred.shape)}."
+        )
+    return y_true, y_pred

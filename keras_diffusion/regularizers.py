@@ -39,6 +39,7 @@ import tensorflow as tf
 from keras import ops, tree
 from keras.src.losses import loss as loss_module
 
+from keras_diffusion import compat
 from keras_diffusion.layers.deep_transition import DeepTransitionRNN
 
 
@@ -139,7 +140,7 @@ class NormPreservingModel(keras.Model):
                 "the recurrent layer as kd.layers.DeepTransitionRNN(kd.layers."
                 "DeepTransitionRNNCell(...))."
             )
-        if not any(inner is layer for inner in model._flatten_layers(include_self=False)):
+        if not any(inner is layer for inner in compat.flatten_layers(model, include_self=False)):
             raise ValueError(
                 f"Layer {layer.name!r} is not part of model {model.name!r}; pass the "
                 "DeepTransitionRNN that the model calls, e.g. model.get_layer(name)."
@@ -147,6 +148,35 @@ class NormPreservingModel(keras.Model):
         self.model = model
         self.layer = layer
         self.weight = weight if isinstance(weight, OmegaWeight) else OmegaWeight(weight)
+
+    def get_config(self):
+        """The wrapped model's config, the regularized layer's name and the weight schedule."""
+        return {
+            **super().get_config(),
+            "model": keras.saving.serialize_keras_object(self.model),
+            "layer": self.layer.name,
+            "weight": keras.saving.serialize_keras_object(self.weight),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects
+        )
+        name = config.pop("layer")
+        layer = next(
+            (inner for inner in compat.flatten_layers(model, include_self=False)
+             if inner.name == name),
+            None,
+        )
+        if layer is None:
+            raise ValueError(
+                f"The NormPreservingModel config names layer {name!r}, which model "
+                f"{model.name!r} does not contain."
+            )
+        weight = keras.saving.deserialize_keras_object(config.pop("weight"))
+        return cls(model, layer, weight, **config)
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)

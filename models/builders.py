@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 import keras_diffusion
-from keras_diffusion.layers.diffused_rnn import DiffusedOutput, DiffusedRNN, DiffusedRNNCell
+from keras_diffusion.layers import DiffusedOutput, DiffusedRNN, DiffusedRNNCell
 
 METHODS = ("diffusion", "sgd")
 

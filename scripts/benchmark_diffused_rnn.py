@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the c
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_diffusion as kd  # noqa: E402
-from keras_diffusion.layers.diffused_rnn import DiffusedOutput, DiffusedRNN, DiffusedRNNCell  # noqa: E402
+from keras_diffusion.layers import DiffusedOutput, DiffusedRNN, DiffusedRNNCell  # noqa: E402
 from keras_diffusion.losses import SequenceSquaredError  # noqa: E402
 
 FLAGS = flags.FLAGS

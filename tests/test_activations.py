@@ -265,7 +265,8 @@ def test_unknown_name_lists_known_ones():
 
 @pytest.mark.parametrize("sigma", [-1.0, float("nan"), float("inf"), np.float64(-2.5)])
 def test_bad_python_sigma_raises_eagerly_naming_it(sigma):
-    with pytest.raises(ValueError, match=f"sigma must be finite and >= 0.*{re.escape(repr(sigma))}"):
+    expected = "finite and >= 0" if sigma < 0 else "a finite real number"
+    with pytest.raises(ValueError, match=f"`sigma` must be {expected}, got {re.escape(repr(sigma))}"):
         activations.diffused_moments("relu", [1.0], sigma)
 
 

@@ -235,11 +235,12 @@ def test_mixed_precision():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(units=0), r"units must be a list of positive integers, got \[0\]"),
-        (dict(units=4, transition_units=[8, -1]), r"bad entry -1.*width >= 1"),
+        (dict(units=0), r"`units` must be an integer >= 1, got 0"),
+        (dict(units=4, transition_units=[8, -1]), r"got -1.*bad entry in \[8, -1\].*width >= 1"),
         (dict(units=4, shortcut=True), "shortcut=True needs a deep transition"),
         (dict(units=4, activation="nope"), "Unknown activation 'nope'.*bandwidth="),
-        (dict(units=4, dropout=1.5), r"dropout must be in \[0, 1\), got 1.5"),
+        (dict(units=4, dropout=1.5), r"dropout` must be in \[0, 1\], got 1.5"),
+        (dict(units=4, recurrent_dropout=1.0), r"recurrent_dropout` must be < 1.*got 1.0"),
         (dict(units=4, activation="softplus", bandwidth=0.5),
          "Unknown diffused activation 'softplus'.*drop bandwidth="),
     ],
@@ -250,7 +251,7 @@ def test_bad_configurations_name_value_and_fix(kwargs, match):
 
 
 def test_bad_deep_output_and_wrapper_arguments():
-    with pytest.raises(ValueError, match=r"DeepOutput units.*bad entry 0"):
+    with pytest.raises(ValueError, match=r"units` must be an integer >= 1, got 0.*bad entry in \[4, 0\]"):
         DeepOutput([4, 0])
     with pytest.raises(TypeError, match="needs one DeepTransitionRNNCell"):
         DeepTransitionRNN(keras.layers.SimpleRNNCell(3))

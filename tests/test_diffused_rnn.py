@@ -13,12 +13,8 @@ import tensorflow as tf
 from scipy import special, stats
 
 import keras_diffusion as kd
-from keras_diffusion.layers.diffused_rnn import (
-    DiffusedOutput,
-    DiffusedRNN,
-    DiffusedRNNCell,
-    smoothing_penalty,
-)
+from keras_diffusion.layers import DiffusedOutput, DiffusedRNN, DiffusedRNNCell
+from keras_diffusion.layers.smoothing import smoothing_penalty
 from keras_diffusion.losses import SequenceSquaredError
 from models.builders import adding_test_error, build_adding_rnn
 
@@ -342,10 +338,22 @@ def test_save_and_load_keeps_sigma_predictions_and_one_shared_bandwidth(tmp_path
     assert not np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_compiled_recurrences_are_cached_per_activation_in_bounded_caches():
+    from keras_diffusion.layers import scaled_recurrence
+
+    x = np.random.default_rng(10).normal(size=(S, T, X)).astype("float32")
+    for name in ("erf", "tanh", "sigmoid", "erf"):  # a second erf layer reuses the first's
+        DiffusedRNN(DiffusedRNNCell(H, name, bandwidth=0.5, penalty=0.1))(x)
+    for cached in (scaled_recurrence.scaled_recurrence, scaled_recurrence.scaled_sums):
+        info = cached.cache_info()
+        assert info.maxsize == scaled_recurrence.CACHE_SIZE
+        assert info.currsize <= 3 and info.hits >= 1
+
+
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: DiffusedRNNCell(0), "units must be a positive integer, got 0"),
+        (lambda: DiffusedRNNCell(0), "units` must be an integer >= 1, got 0"),
         (lambda: DiffusedRNNCell(-2), "got -2"),
         (lambda: DiffusedOutput(0), "got 0"),
         (lambda: DiffusedRNNCell(3, "softsign"), "'softsign'.*'erf'"),

@@ -18,11 +18,8 @@ import keras
 from keras import ops
 
 from keras_diffusion import bandwidth as bandwidth_lib
-from keras_diffusion.layers.deep_transition import (
-    check_widths,
-    resolve_activation,
-    serialize_activation,
-)
+from keras_diffusion.layers import checks
+from keras_diffusion.layers.deep_transition import resolve_activation, serialize_activation
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -63,13 +60,13 @@ class DeepOutput(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = check_widths(units, "DeepOutput units")
+        self.units = checks.widths("units", units)
         if not self.units:
             raise ValueError(
                 "DeepOutput needs at least one intermediate layer, got units=[]; give their "
                 "widths, e.g. units=[600] (thesis Table 6.1)."
             )
-        self.bandwidth = None if bandwidth is None else bandwidth_lib.resolve(bandwidth)
+        self.bandwidth = None if bandwidth is None else bandwidth_lib.resolve(bandwidth, owner=self)
         self.activation = activation
         self._activation_fn = resolve_activation(activation, self.bandwidth)
         self.use_bias = use_bias
@@ -111,7 +108,7 @@ class DeepOutput(keras.layers.Layer):
             **super().get_config(),
             "units": list(self.units),
             "activation": serialize_activation(self.activation),
-            "bandwidth": self.bandwidth,
+            "bandwidth": bandwidth_lib.serialize(self.bandwidth),
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),

@@ -46,15 +46,13 @@ Example: DT(S)-RNN, DOT(S)-RNN and a stacked model for character-level language 
 >>> kd.set_sigma(dots, 0.5)   # one call sets the sigma of every diffused activation
 """
 
-import numbers
-
 import keras
 from keras import ops
-from keras.src import backend
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from keras_diffusion import activations as diffused
 from keras_diffusion import bandwidth as bandwidth_lib
+from keras_diffusion import compat, validation
+from keras_diffusion.layers import checks
 
 
 def resolve_activation(activation, bandwidth):
@@ -90,20 +88,8 @@ def serialize_activation(activation):
     return activation if isinstance(activation, str) else keras.activations.serialize(activation)
 
 
-def check_widths(widths, argument):
-    """Returns ``widths`` as a tuple of positive ints, or raises naming the bad entry."""
-    widths = tuple(widths)
-    for width in widths:
-        if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width <= 0:
-            raise ValueError(
-                f"{argument} must be a list of positive integers, got {list(widths)} "
-                f"(bad entry {width!r}); give each intermediate layer a width >= 1."
-            )
-    return tuple(int(width) for width in widths)
-
-
 @keras.saving.register_keras_serializable(package="keras_diffusion")
-class DeepTransitionRNNCell(keras.layers.Layer, DropoutRNNCell):
+class DeepTransitionRNNCell(keras.layers.Layer, compat.DropoutRNNCell):
     """Cell of the deep-transition RNN, DT-RNN / DT(S)-RNN [Pascanu 2014, sec. 6.3.1].
 
     Args:
@@ -172,21 +158,19 @@ class DeepTransitionRNNCell(keras.layers.Layer, DropoutRNNCell):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        (self.units,) = check_widths([units], "units")
-        self.transition_units = check_widths(transition_units, "transition_units")
+        self.units = validation.positive_int("units", units)
+        self.transition_units = checks.widths("transition_units", transition_units)
         if shortcut and not self.transition_units:
             raise ValueError(
                 "shortcut=True needs a deep transition: got transition_units=() where h[t-1] "
                 "already feeds h[t] directly; give transition_units, e.g. [units]."
             )
         for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(
-                    f"{name} must be in [0, 1), got {rate!r}; give the fraction of units to "
-                    "drop, e.g. 0.1, or 0.0 for no dropout."
-                )
+            hint = "give the fraction of units to drop, e.g. 0.1, or 0.0 for no dropout."
+            if validation.fraction(name, rate, hint=hint, allow_zero=True) == 1.0:
+                raise ValueError(f"`{name}` must be < 1 (1.0 drops every unit), got 1.0; {hint}")
         self.shortcut = bool(shortcut)
-        self.bandwidth = None if bandwidth is None else bandwidth_lib.resolve(bandwidth)
+        self.bandwidth = None if bandwidth is None else bandwidth_lib.resolve(bandwidth, owner=self)
         self.activation = activation
         self.transition_activation = activation if transition_activation is None else (
             transition_activation
@@ -215,7 +199,7 @@ class DeepTransitionRNNCell(keras.layers.Layer, DropoutRNNCell):
         self.dropout = float(dropout)
         self.recurrent_dropout = float(recurrent_dropout)
         self.seed = seed
-        self.seed_generator = backend.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
         self.state_size = self.units
         self.output_size = self.units
 
@@ -308,7 +292,7 @@ class DeepTransitionRNNCell(keras.layers.Layer, DropoutRNNCell):
             "shortcut": self.shortcut,
             "activation": serialize_activation(self.activation),
             "transition_activation": serialize_activation(self.transition_activation),
-            "bandwidth": self.bandwidth,
+            "bandwidth": bandwidth_lib.serialize(self.bandwidth),
             "use_bias": self.use_bias,
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
@@ -328,8 +312,9 @@ class DeepTransitionRNN(keras.layers.RNN):
 
     ``U x + b_1`` is computed for the whole sequence with one matmul; the loop runs only
     the recurrent part of the transition MLP. Outputs equal ``keras.layers.RNN(cell)``'s.
-    Masking, ``return_sequences``/``return_state``, ``go_backwards``, ``stateful`` and
-    ``unroll`` behave as in ``keras.layers.RNN``. Stack several of these layers (with
+    Masking, ``return_sequences``/``return_state``, ``go_backwards``, ``stateful``,
+    ``unroll`` and dtype policies (the cell computes in its own, the outputs are cast to the
+    layer's) behave as in ``keras.layers.RNN``. Stack several of these layers (with
     ``return_sequences=True``) for a stacked deep-transition RNN that keeps the hoisting.
 
     Args:
@@ -355,10 +340,25 @@ class DeepTransitionRNN(keras.layers.RNN):
             )
         super().__init__(cell, **kwargs)
 
-    def get_config(self):
-        # The cell object itself (not keras.layers.RNN's pre-serialized dict), so that the
-        # .keras saver sees a Bandwidth the cell shares with other layers as one object.
-        return {**super().get_config(), "cell": self.cell}
+    def build(self, sequences_shape, initial_state_shape=None):
+        checks.sequence_shape(self, sequences_shape)
+        super().build(sequences_shape, initial_state_shape)
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        checks.sequence_shape(self, sequences.shape)
+        if initial_state is not None:
+            states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
+            if len(states) != 1:
+                raise ValueError(
+                    f"DeepTransitionRNN {self.name!r} has one state h of shape (batch, units); "
+                    f"got {len(states)} initial states."
+                )
+            checks.state_shape(self, states[0].shape, self.cell.units, sequences.shape[0])
+        # The loop runs the cell's methods, not cell.__call__: enter the cell's dtype policy
+        # as cell.__call__ would, so that the cell computes as in keras.layers.RNN(cell).
+        dtype = self.cell.compute_dtype
+        with compat.autocast_scope(dtype):
+            return super().call(ops.cast(sequences, dtype), initial_state, mask, training)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         # Time-major inside: the transpose that the loop needs is done on the input, before
@@ -378,7 +378,7 @@ class DeepTransitionRNN(keras.layers.RNN):
         return self._loop(step, projected, initial_state, mask, self.return_sequences)
 
     def _loop(self, step, inputs, initial_state, mask, return_all_outputs):
-        last, outputs, states = backend.rnn(
+        last, outputs, states = compat.rnn_loop(
             step,
             inputs,
             initial_state,

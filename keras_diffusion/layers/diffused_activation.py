@@ -43,11 +43,10 @@ class DiffusedActivation(keras.layers.Layer):
     def __init__(self, activation, bandwidth=None, slope=1.0, method="fast", **kwargs):
         super().__init__(**kwargs)
         self.activation = activations_lib.check_activation(activation)
-        self.bandwidth = bandwidth_lib.resolve(bandwidth)
+        self.bandwidth = bandwidth_lib.resolve(bandwidth, owner=self)
         self.slope = activations_lib.check_slope(slope)
         self.method = activations_lib.check_method(method)
         self.supports_masking = True
-        self.built = True
 
     def call(self, inputs):
         sigma = keras.ops.cast(self.bandwidth.value, inputs.dtype)
@@ -62,7 +61,7 @@ class DiffusedActivation(keras.layers.Layer):
         return {
             **super().get_config(),
             "activation": self.activation,
-            "bandwidth": self.bandwidth,
+            "bandwidth": bandwidth_lib.serialize(self.bandwidth),
             "slope": self.slope,
             "method": self.method,
         }

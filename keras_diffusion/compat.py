@@ -43,6 +43,7 @@ __all__ = [
     "rnn_loop",
     "scalar_summary_metadata",
     "scale_loss_for_distribution",
+    "set_initial_epoch",
     "symbolic_build",
     "tape_is_recording",
     "unscale_loss_for_distribution",
@@ -98,6 +99,12 @@ def compile_loss(model):
 def flat_losses(compiled):
     """The ``(name, loss, weight, output_index)`` entries of a built ``CompileLoss``."""
     return compiled._flat_losses
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the next ``fit`` start at ``epoch`` whatever its ``initial_epoch`` argument (set
+    during ``on_train_begin``, as ``keras.callbacks.BackupAndRestore`` does); ``None`` clears it."""
+    model._initial_epoch = epoch
 
 
 def flatten_layers(model, include_self=True):

@@ -99,6 +99,7 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _reset(self):
         self._resume = None  # the restored state, until the resumed epoch starts
+        self._metrics_from = None  # the restored state, until the resumed epoch's first step
         self._iterator = None  # the data iterator of the last step, and the position in it
         self._position = 0
         self._drop = 0  # batches to draw before the first step (iterator position)
@@ -131,11 +132,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         resume, self._resume = self._resume, None
         if resume["epoch"] != epoch:
             return  # the fit starts elsewhere (initial_epoch beyond the backup)
-        if resume["batch"]:
-            # fit reset the metrics before this hook; bring back those of the backup.
-            _checkpoint(metrics=self.model.metrics_variables).read(
-                resume["prefix"]
-            ).expect_partial()
+        # fit reset the metrics before this hook; the backup's come back at the first step.
+        self._metrics_from = resume if resume["batch"] else None
         steps = self.model.steps_per_execution
         if resume["batch"] % steps:
             raise ValueError(
@@ -216,22 +214,26 @@ class BackupAndRestore(keras.callbacks.Callback):
                 shutil.rmtree(os.path.join(self.backup_dir, old), ignore_errors=True)
 
     def _restore(self, directory):
-        state = _read_json(os.path.join(directory, "state.json"))
+        """Restores the variables (metrics at the resumed epoch's first step) and the state."""
+        if not self.model.built:
+            raise ValueError(
+                f"Resuming from {directory!r} needs a built model before fit() (its "
+                "variables must exist to receive the backup): call the model on a batch or "
+                "give it a keras.Input first."
+            )
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
-        variables = self._variables()
-        counts = {group: len(values) for group, values in variables.items()}
-        if state is None or state.get("format") != _FORMAT or state["variables"] != counts:
+        state = _read_json(os.path.join(directory, "state.json"))
+        if state is None or state.get("format") != _FORMAT:
             raise ValueError(
-                f"The backup in {directory!r} does not fit this model: it holds "
-                f"{None if state is None else state.get('variables')} variables, the model, "
-                f"optimizer and metrics have {counts}. Resume with the model, compile "
-                f"arguments and callbacks of the interrupted run, or delete "
+                f"{directory!r} holds no backup of format {_FORMAT}; delete "
                 f"{self.backup_dir!r} to start afresh."
             )
         prefix = os.path.join(directory, "variables")
-        _checkpoint(**variables).read(prefix).assert_consumed()
+        variables = self._variables()
+        del variables["metrics"]  # built at the first step (see _step)
+        self._read(prefix, state, **variables)
         callbacks = state_lib.fit_callbacks(self.model, self.params)
         if set(callbacks) != set(state["callbacks"]):
             raise ValueError(
@@ -244,6 +246,20 @@ class BackupAndRestore(keras.callbacks.Callback):
         compat.set_initial_epoch(self.model, state["epoch"])
         self._resume = {**state, "prefix": prefix}
 
+    def _read(self, prefix, state, **groups):
+        """Reads the ``groups`` of variables from the checkpoint at ``prefix``."""
+        counts = {group: len(values) for group, values in groups.items()}
+        saved = {group: state["variables"][group] for group in groups}
+        if saved != counts:
+            raise ValueError(
+                f"The backup {prefix!r} does not fit this run: it holds {saved} variables, "
+                f"this model has {counts}. Resume with the model, compile arguments and "
+                f"callbacks of the interrupted run, or delete {self.backup_dir!r} to start "
+                "afresh."
+            )
+        status = _checkpoint(**groups).read(prefix).expect_partial()
+        status.assert_existing_objects_matched()
+
     # The data position (called by _TrainFunction around every step).
 
     def _step(self, function, iterator):
@@ -252,6 +268,12 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._epoch_save_due:
             self._epoch_save_due = False
             self._save(self._epoch, 0, None)
+        if self._metrics_from is not None:
+            resume, self._metrics_from = self._metrics_from, None
+            if len(self.model.metrics_variables) != resume["variables"]["metrics"]:
+                # Compiled metrics are built when the train step is first traced.
+                compat.symbolic_build(self.model, iterator.element_spec)
+            self._read(resume["prefix"], resume, metrics=self.model.metrics_variables)
         if self._drop:
             drawn = _draw(iterator, self._drop)
             if drawn < self._drop:

@@ -45,7 +45,7 @@ class KillAfter(keras.callbacks.Callback):
 
 
 class SigmaTrace(keras.callbacks.Callback):
-    """Records ``(optimizer.iterations, sigma)`` before every step."""
+    """Records ``(optimizer.iterations, sigma)`` before every step (listed after the schedule)."""
 
     def __init__(self):
         super().__init__()
@@ -96,7 +96,8 @@ def staged(backup_dir):
     x, y = arrays()
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(48, seed=1).batch(8).repeat()
     fit = dict(x=data, epochs=5, steps_per_epoch=BATCHES_PER_EPOCH)
-    return model, fit, [schedule, backup]
+    # The backup first: its epoch backup must still hold the stage update of on_epoch_end.
+    return model, fit, [backup, schedule]
 
 
 def gauss_newton(backup_dir):
@@ -129,7 +130,7 @@ def run(case, backup_dir, out, kill_after=None):
     keras.utils.set_random_seed(0)
     model, fit, callbacks = CASES[case](backup_dir)
     trace = SigmaTrace()
-    callbacks = [callbacks[0], trace] + callbacks[1:]
+    callbacks = callbacks + [trace]
     if kill_after is not None:
         callbacks.append(KillAfter(kill_after))
     history = model.fit(**fit, callbacks=callbacks, verbose=0)

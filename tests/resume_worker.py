@@ -62,6 +62,12 @@ def arrays(n=8 * BATCHES_PER_EPOCH, features=3):
     return x, np.tanh(x @ rng.normal(size=(features, 1))).astype("float32")
 
 
+def numpy_fit(shuffle):
+    """``fit`` arguments: 3 epochs of 6 batches of numpy arrays."""
+    x, y = arrays()
+    return dict(x=x, y=y, batch_size=8, epochs=3, shuffle=shuffle)
+
+
 def diffused_model(dropout=0.0, model_class=keras.Sequential):
     sigma = kd.Bandwidth(1.0)
     layers = [
@@ -80,9 +86,7 @@ def sgd_batch(backup_dir):
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", metrics=["mae"])
     schedule = kd.callbacks.GeometricSigma(1.0, rate=0.8, cutoff=0.05, unit="batch")
     backup = kd.callbacks.BackupAndRestore(backup_dir, save_freq=4)
-    x, y = arrays()
-    fit = dict(x=x, y=y, batch_size=8, epochs=3, shuffle=True)
-    return model, fit, [schedule, backup]
+    return model, numpy_fit(shuffle=True), [schedule, backup]
 
 
 def staged(backup_dir):
@@ -106,9 +110,7 @@ def gauss_newton(backup_dir):
     model.compile(GaussNewton(damping=1e-2, cg_max_iters=4), "mse", steps_per_execution=2)
     schedule = kd.callbacks.LinearSigma(1.0, duration=12, unit="batch")
     backup = kd.callbacks.BackupAndRestore(backup_dir, save_freq=4)
-    x, y = arrays()
-    fit = dict(x=x, y=y, batch_size=8, epochs=3, shuffle=True)
-    return model, fit, [schedule, backup]
+    return model, numpy_fit(shuffle=True), [schedule, backup]
 
 
 def keras_backup(backup_dir):
@@ -117,9 +119,7 @@ def keras_backup(backup_dir):
     model.compile(keras.optimizers.SGD(0.05), "mse")
     schedule = kd.callbacks.LinearSigma(1.0, duration=15, unit="batch")
     backup = keras.callbacks.BackupAndRestore(backup_dir)
-    x, y = arrays()
-    fit = dict(x=x, y=y, batch_size=8, epochs=3, shuffle=False)
-    return model, fit, [schedule, backup]
+    return model, numpy_fit(shuffle=False), [schedule, backup]
 
 
 CASES = {f.__name__: f for f in (sgd_batch, staged, gauss_newton, keras_backup)}

@@ -66,7 +66,9 @@ class SigmaSchedule(StatefulCallback):
     """Base class: sets the bandwidth(s) of the model being trained and logs sigma.
 
     Subclasses implement :meth:`sigma_at`, the sigma for step index ``k`` (epochs or batches,
-    see ``unit``), or override the ``on_*`` hooks for stateful rules (:class:`StagedSigma`).
+    see ``unit``), or override the ``on_*`` hooks for stateful rules (:class:`StagedSigma`),
+    whose state then goes into backups through ``get_state``/``set_state``
+    (:class:`~keras_diffusion.callbacks.state.StatefulCallback`).
 
     Args:
         bandwidth: the :class:`keras_diffusion.Bandwidth` to drive; ``None`` (default) drives

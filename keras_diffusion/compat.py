@@ -46,6 +46,7 @@ __all__ = [
     "rnn_loop",
     "scalar_summary_metadata",
     "scale_loss_for_distribution",
+    "set_initial_epoch",
     "symbolic_build",
     "tape_is_recording",
     "unscale_loss_for_distribution",
@@ -102,6 +103,12 @@ def flat_losses(compiled):
     """The entries of a built ``CompileLoss``: 4-tuples ``(path, loss, weight, name)``, one per
     loss (``loss`` a ``keras.losses.Loss``, ``weight`` ``None`` or a float)."""
     return compiled._flat_losses
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the next ``fit`` start at ``epoch`` whatever its ``initial_epoch`` argument (set
+    during ``on_train_begin``, as ``keras.callbacks.BackupAndRestore`` does); ``None`` clears it."""
+    model._initial_epoch = epoch
 
 
 def flatten_layers(model, include_self=True):

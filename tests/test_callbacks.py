@@ -186,13 +186,13 @@ def test_config_round_trip(schedule):
         (lambda: callbacks.StagedSigma([], epochs_per_stage=1), "empty"),
         (lambda: callbacks.StagedSigma([1.0, 0.0]), "stopping rule"),
         (lambda: callbacks.StagedSigma([1.0, 0.5, 0.0], epochs_per_stage=[1]), "2 stages"),
-        (lambda: callbacks.StagedSigma([1.0, 0.0], epochs_per_stage=0), "epochs_per_stage must be an integer >= 1, got 0"),
+        (lambda: callbacks.StagedSigma([1.0, 0.0], epochs_per_stage=0), "`epochs_per_stage` must be an integer >= 1, got 0"),
         (lambda: callbacks.StagedSigma([1.0, 0.0], monitor="loss", min_delta=-1.0), "min_delta.*got -1.0"),
         (lambda: callbacks.GeometricSigma(-1.0, rate=0.5), "-1.0"),
         (lambda: callbacks.GeometricSigma(float("inf"), rate=0.5), "inf"),
         (lambda: callbacks.GeometricSigma(1.0, rate=1.5), "1.5"),
         (lambda: callbacks.PolynomialSigma(1.0, gamma=float("nan")), "nan"),
-        (lambda: callbacks.LinearSigma(1.0, duration=0), "duration must be an integer >= 1, got 0"),
+        (lambda: callbacks.LinearSigma(1.0, duration=0), "`duration` must be an integer >= 1, got 0"),
         (lambda: callbacks.LinearSigma(1.0, duration=3, unit="step"), "'step'"),
     ],
 )
@@ -206,3 +206,18 @@ def test_model_without_bandwidth_is_an_error():
     model.compile("sgd", "mse")
     with pytest.raises(ValueError, match="no diffused layers"):
         fit(model, callbacks.LinearSigma(1.0, duration=2), epochs=1)
+
+
+def test_staged_sigma_starting_later_derives_its_stage():
+    # Without monitor the stage is a function of the epoch: epochs 0 | 1 2 | 3 | 4 ...
+    model = scaled_model()
+    schedule = callbacks.StagedSigma([1.0, 0.5, 0.2, 0.0], epochs_per_stage=[1, 2, 1])
+    x, y = data()
+    history = model.fit(x, y, epochs=5, initial_epoch=2, verbose=0, callbacks=[schedule])
+    np.testing.assert_allclose(history.history["sigma"], [0.5, 0.2, 0.0], rtol=1e-6)
+    # With monitor: the stage of the sigma the model holds (e.g. restored by a backup).
+    for held, first in ((0.5, 0.5), (0.7, 1.0)):
+        keras_diffusion.set_sigma(model, held)
+        schedule = callbacks.StagedSigma([1.0, 0.5, 0.0], monitor="loss", patience=3)
+        history = model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=[schedule])
+        assert history.history["sigma"] == pytest.approx([first])

@@ -13,10 +13,23 @@ proceeds:
 * :class:`LinearSigma`: ``sigma_k = sigma_0 * max(0, 1 - k / duration)``, exactly 0 from
   ``k = duration`` on.
 
-``k`` counts epochs (``unit="epoch"``, sigma set at the start of every epoch) or optimizer
-steps (``unit="batch"``, sigma set before every training batch). The decaying schedules take an
+``k`` counts epochs (``unit="epoch"``: the epoch index of ``fit``, sigma set at the start of
+every epoch) or optimizer steps (``unit="batch"``: ``model.optimizer.iterations``, read before
+every training batch, as Keras's ``LearningRateSchedule`` does). The decaying schedules take an
 optional ``cutoff``: once the decayed value drops below it, sigma is exactly 0 (the undiffused
 network), which is how a geometric or polynomial schedule ends at ``sigma_m = 0``.
+
+Resuming: the position of a schedule lives in state that checkpoints hold. The epoch index is
+restored by ``keras.callbacks.BackupAndRestore`` and ``keras_diffusion.callbacks
+.BackupAndRestore``; ``optimizer.iterations`` by every checkpoint of the optimizer
+(``.keras`` files, ``model.save_weights``, ``tf.train.Checkpoint``, both backups). A
+:class:`StagedSigma` without ``monitor`` derives its stage from the epoch index; with
+``monitor`` it resumes at the stage of the restored sigma, and its plateau counters are
+restored exactly by ``keras_diffusion.callbacks.BackupAndRestore`` (they are Python state,
+see :class:`~keras_diffusion.callbacks.state.StatefulCallback`), while after Keras's own
+backup they restart at the resumed epoch. With ``steps_per_execution = S > 1`` the callbacks
+run once per ``S`` steps, so a ``unit="batch"`` schedule sets sigma at steps ``0, S, 2S, ...``
+(``sigma_at(jS)`` holds for the ``S`` steps of execution ``j``).
 
 Every schedule writes the sigma in use into the epoch ``logs`` under ``"sigma"``, so it shows in
 ``History`` (and in ``keras.callbacks.TensorBoard`` when the schedule is listed before it:
@@ -38,30 +51,31 @@ import math
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from keras_diffusion import bandwidth as bandwidth_lib
+from keras_diffusion import compat
+from keras_diffusion import validation
+from keras_diffusion.callbacks.state import StatefulCallback
 
 UNITS = ("epoch", "batch")
 
-# Marks a summary as a TensorBoard scalar without needing the tensorboard package.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-    data_class=summary_pb2.DATA_CLASS_SCALAR,
-)
 
-
-class SigmaSchedule(keras.callbacks.Callback):
+class SigmaSchedule(StatefulCallback):
     """Base class: sets the bandwidth(s) of the model being trained and logs sigma.
 
     Subclasses implement :meth:`sigma_at`, the sigma for step index ``k`` (epochs or batches,
-    see ``unit``), or override the ``on_*`` hooks for stateful rules (:class:`StagedSigma`).
+    see ``unit``), or override the ``on_*`` hooks for stateful rules (:class:`StagedSigma`),
+    whose state then goes into backups through ``get_state``/``set_state``
+    (:class:`~keras_diffusion.callbacks.state.StatefulCallback`).
 
     Args:
         bandwidth: the :class:`keras_diffusion.Bandwidth` to drive; ``None`` (default) drives
             every bandwidth found in the model being fitted.
-        unit: ``"epoch"`` or ``"batch"``: what ``k`` counts.
+        unit: ``"epoch"`` or ``"batch"``: what ``k`` counts (the epoch index, or the
+            optimizer's step count ``model.optimizer.iterations``, which continues across
+            ``fit`` calls and is restored with the optimizer).
         log_key: the ``logs`` key that receives sigma each epoch (default ``"sigma"``).
         log_dir: optional TensorBoard log directory: sigma is written each epoch as the
             scalar ``epoch_<log_key>`` into ``log_dir/train``.
@@ -75,15 +89,12 @@ class SigmaSchedule(keras.callbacks.Callback):
                 f"bandwidth must be a keras_diffusion.Bandwidth or None (use the model's), "
                 f"got {bandwidth!r}."
             )
-        if unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}.")
         self.bandwidth = bandwidth
-        self.unit = unit
+        self.unit = validation.one_of("unit", unit, UNITS)
         self.log_key = log_key
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.verbose = verbose
         self.sigma = None
-        self._step = 0
         self._writer = None
 
     def sigma_at(self, k):
@@ -104,7 +115,6 @@ class SigmaSchedule(keras.callbacks.Callback):
         self.sigma = sigma
 
     def on_train_begin(self, logs=None):
-        self._step = 0
         self.sigma = None
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
@@ -115,10 +125,8 @@ class SigmaSchedule(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.unit == "batch":
-            self._set(self.sigma_at(self._step))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
+            iterations = self.model.optimizer.iterations
+            self._set(self.sigma_at(int(keras.ops.convert_to_numpy(iterations))))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.sigma is None:
@@ -131,7 +139,7 @@ class SigmaSchedule(keras.callbacks.Callback):
                     f"epoch_{self.log_key}",
                     tf.constant(self.sigma, "float32"),
                     step=epoch,
-                    metadata=_SCALAR_METADATA,
+                    metadata=compat.scalar_summary_metadata(),
                 )
 
     def on_train_end(self, logs=None):
@@ -160,6 +168,13 @@ class StagedSigma(SigmaSchedule):
     ends. A stage ends after ``epochs_per_stage`` epochs, or, with ``monitor``, when the
     monitored metric has not improved by more than ``min_delta`` for ``patience`` epochs
     (``epochs_per_stage`` then caps the stage length, if given).
+
+    A ``fit`` starting at epoch 0 starts at stage 0. A ``fit`` starting later (a resumed run,
+    or ``initial_epoch > 0``) continues: from the state restored by
+    ``keras_diffusion.callbacks.BackupAndRestore`` (exact); otherwise, without ``monitor``,
+    from the stage the epoch index falls in (exact), and with ``monitor`` from the stage whose
+    sigma the model holds (e.g. restored by ``keras.callbacks.BackupAndRestore``), with the
+    plateau counters starting afresh.
 
     Args:
         sigmas: the sequence ``sigma_0 > sigma_1 > ... > sigma_m = 0`` (strictly decreasing,
@@ -204,27 +219,74 @@ class StagedSigma(SigmaSchedule):
                     f"epochs_per_stage has {len(epochs_per_stage)} entries but there are "
                     f"{stages} stages before the final sigma = 0 stage."
                 )
-            self._lengths = [_check_count("epochs_per_stage", n) for n in epochs_per_stage]
+            self._lengths = [
+                validation.positive_int("epochs_per_stage", n) for n in epochs_per_stage
+            ]
         else:
-            self._lengths = [_check_count("epochs_per_stage", epochs_per_stage)] * stages
+            self._lengths = [validation.positive_int("epochs_per_stage", epochs_per_stage)] * stages
         self.epochs_per_stage = epochs_per_stage
         self.monitor = monitor
-        self.patience = _check_count("patience", patience)
-        self.min_delta = bandwidth_lib.check_nonnegative("min_delta", min_delta)
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
-        self.mode = mode
-        self.stage = 0
+        self.patience = validation.positive_int("patience", patience)
+        self.min_delta = validation.nonnegative("min_delta", min_delta)
+        self.mode = validation.one_of("mode", mode, ("min", "max"))
+        self._restored = None
+        self._first_epoch = False
+        self._start_stage(0)
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.stage = 0
-        self._start_stage()
-
-    def _start_stage(self):
+    def _start_stage(self, stage):
+        self.stage = stage
         self._epochs_in_stage = 0
         self._best = math.inf
         self._wait = 0
+
+    def get_state(self):
+        """Stage, epochs spent in it and the plateau counters (JSON; ``inf`` as ``None``)."""
+        return {
+            "stage": self.stage,
+            "epochs_in_stage": self._epochs_in_stage,
+            "best": None if math.isinf(self._best) else self._best,
+            "wait": self._wait,
+        }
+
+    def set_state(self, state):
+        """Restores :meth:`get_state`; applied when the resumed ``fit`` starts its first epoch."""
+        self._restored = dict(state)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch:
+            self._first_epoch = False
+            self._resume(epoch)
+        super().on_epoch_begin(epoch, logs)
+
+    def _resume(self, epoch):
+        """Sets the stage at the first epoch of a ``fit`` (see the class docstring)."""
+        state, self._restored = self._restored, None
+        if state is not None:
+            self.stage = state["stage"]
+            self._epochs_in_stage = state["epochs_in_stage"]
+            self._best = math.inf if state["best"] is None else state["best"]
+            self._wait = state["wait"]
+        elif epoch == 0:
+            self._start_stage(0)
+        elif self.monitor is None:
+            self._start_stage(0)
+            for length in self._lengths:
+                if epoch < length:
+                    break
+                epoch -= length
+                self._start_stage(self.stage + 1)
+            self._epochs_in_stage = epoch if self.stage < len(self._lengths) else 0
+        else:
+            self._start_stage(self._stage_of_current_sigma())
+
+    def _stage_of_current_sigma(self):
+        held = np.float32(keras.ops.convert_to_numpy(self._targets()[0].value))
+        matches = [k for k, s in enumerate(self.sigmas) if np.float32(s) == held]
+        return matches[0] if matches else 0
 
     def sigma_at(self, k):
         return self.sigmas[self.stage]
@@ -240,8 +302,7 @@ class StagedSigma(SigmaSchedule):
         if self.monitor is not None:
             done = done or self._plateaued(logs or {})
         if done:
-            self.stage += 1
-            self._start_stage()
+            self._start_stage(self.stage + 1)
 
     def _plateaued(self, logs):
         if self.monitor not in logs:
@@ -277,8 +338,8 @@ class _DecayingSigma(SigmaSchedule):
 
     def __init__(self, sigma0, cutoff=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.sigma0 = bandwidth_lib.check_nonnegative("sigma0", sigma0)
-        self.cutoff = bandwidth_lib.check_nonnegative("cutoff", cutoff)
+        self.sigma0 = validation.nonnegative("sigma0", sigma0)
+        self.cutoff = validation.nonnegative("cutoff", cutoff)
 
     def decay(self, k):
         raise NotImplementedError
@@ -312,9 +373,7 @@ class GeometricSigma(_DecayingSigma):
 
     def __init__(self, sigma0, rate, cutoff=0.0, **kwargs):
         super().__init__(sigma0, cutoff, **kwargs)
-        if not (isinstance(rate, (int, float)) and 0.0 < rate <= 1.0):
-            raise ValueError(f"rate must be in (0, 1] so sigma does not increase, got {rate!r}.")
-        self.rate = float(rate)
+        self.rate = validation.fraction("rate", rate, hint="(sigma must not increase)")
 
     def decay(self, k):
         return self.rate**k
@@ -342,7 +401,7 @@ class PolynomialSigma(_DecayingSigma):
 
     def __init__(self, sigma0, gamma, cutoff=0.0, **kwargs):
         super().__init__(sigma0, cutoff, **kwargs)
-        self.gamma = bandwidth_lib.check_nonnegative("gamma", gamma)
+        self.gamma = validation.nonnegative("gamma", gamma)
 
     def decay(self, k):
         return (1.0 + k) ** -self.gamma
@@ -369,7 +428,7 @@ class LinearSigma(_DecayingSigma):
 
     def __init__(self, sigma0, duration, **kwargs):
         super().__init__(sigma0, 0.0, **kwargs)
-        self.duration = _check_count("duration", duration)
+        self.duration = validation.positive_int("duration", duration)
 
     def decay(self, k):
         return max(0.0, 1.0 - k / self.duration)
@@ -378,12 +437,6 @@ class LinearSigma(_DecayingSigma):
         config = super().get_config()
         del config["cutoff"]
         return {**config, "duration": self.duration}
-
-
-def _check_count(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return value
 
 
 def _check_staged(sigmas):

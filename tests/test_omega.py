@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_diffusion import regularizers
+from keras_diffusion import probes, regularizers
 from keras_diffusion.layers.deep_transition import DeepTransitionRNN, DeepTransitionRNNCell
 
 RNG = np.random.default_rng(1)
@@ -64,12 +64,11 @@ def _numeric_grad(f, p, key, eps=1e-6):
 
 def _record(model, layer):
     with tf.GradientTape() as tape:
-        layer._omega_tape = tape
-        pred = model(X.astype("float32"))
-        layer._omega_tape = None
+        with probes.capture([layer], tape=tape) as captured:
+            pred = model(X.astype("float32"))
         loss = keras.losses.MeanSquaredError()(Y.astype("float32"), pred)
-    probe, states, inputs = layer._omega_record
-    return tape.gradient(loss, probe), states, inputs
+    record = captured[layer]
+    return tape.gradient(loss, record.probe), record.previous, record.inputs
 
 
 def test_probe_gives_states_and_backpropagated_errors():

@@ -183,7 +183,7 @@ def test_gauss_newton_step_matches_dense_solve():
     model = _tiny()
     W, b = (v.numpy().astype(np.float64) for v in model.trainable_weights)
     model.compile(
-        optimizer=GaussNewton(damping=damping, cg_max_iters=8, cg_tol=0.0),
+        optimizer=GaussNewton(damping=damping, cg_max_iterations=8, cg_tol=0.0),
         loss="mse",
         jit_compile=False,
     )
@@ -204,7 +204,7 @@ def test_gauss_newton_fits_a_regression():
         [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
     )
     model.compile(
-        optimizer=GaussNewton(damping=1e-3, cg_max_iters=15), loss="mse", jit_compile=False
+        optimizer=GaussNewton(damping=1e-3, cg_max_iterations=15), loss="mse", jit_compile=False
     )
     losses = model.fit(x, y, batch_size=32, epochs=6, verbose=0).history["loss"]
     assert losses[-1] < 1e-2 * losses[0], losses
@@ -216,7 +216,7 @@ def test_jit_compiled_train_step_matches_graph():
     for jit in (False, True):
         model = _tiny()
         model.compile(
-            optimizer=GaussNewton(damping=0.1, cg_max_iters=8), loss="mse", jit_compile=jit
+            optimizer=GaussNewton(damping=0.1, cg_max_iterations=8), loss="mse", jit_compile=jit
         )
         model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, shuffle=False, verbose=0)
         weights.append(_flat(model.get_weights()))
@@ -249,8 +249,8 @@ def test_non_finite_update_is_rejected_and_counted():
 def test_gauss_newton_rejects_bad_arguments():
     with pytest.raises(ValueError, match="damping > 0"):
         GaussNewton(damping=0.0)
-    with pytest.raises(ValueError, match="cg_max_iters"):
-        GaussNewton(cg_max_iters=0)
+    with pytest.raises(ValueError, match="cg_max_iterations"):
+        GaussNewton(cg_max_iterations=0)
     with pytest.raises(ValueError, match="clipnorm"):
         GaussNewton(clipnorm=1.0)
 
@@ -314,7 +314,7 @@ def test_keras_file_round_trip(tmp_path):
     x, y, _ = _data()
     model = _tiny()
     model.compile(
-        optimizer=GaussNewton(damping=0.2, cg_max_iters=7, cg_tol=1e-3),
+        optimizer=GaussNewton(damping=0.2, cg_max_iterations=7, cg_tol=1e-3),
         loss="mse",
         jit_compile=False,
     )
@@ -325,7 +325,7 @@ def test_keras_file_round_trip(tmp_path):
     assert type(loaded) is kd.Sequential
     assert isinstance(loaded.optimizer, GaussNewton)
     config = loaded.optimizer.get_config()
-    assert (config["damping"], config["cg_max_iters"], config["cg_tol"]) == (0.2, 7, 1e-3)
+    assert (config["damping"], config["cg_max_iterations"], config["cg_tol"]) == (0.2, 7, 1e-3)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     inputs = keras.Input((3,))
     functional = kd.Model(inputs, keras.layers.Dense(1)(inputs))
@@ -361,7 +361,7 @@ def _mixed_and_float32(policy):
     assert mixed.dtype_policy.name == policy and mixed.layers[0].compute_dtype != "float32"
     assert reference.layers[0].compute_dtype == "float32"
     for model in (mixed, reference):
-        model.compile(optimizer=GaussNewton(damping=0.1, cg_max_iters=5), loss="mse")
+        model.compile(optimizer=GaussNewton(damping=0.1, cg_max_iterations=5), loss="mse")
     return mixed, reference
 
 

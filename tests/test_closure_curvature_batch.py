@@ -7,65 +7,36 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from closure_reference import terms
+from closure_reference import L2, data, flat, random_point, terms, tiny_model
 
 import keras_diffusion as kd
 from keras_diffusion.optimizers import AnnealedStep, ClosureOptimizer, GaussNewton
-
-L2 = 0.05
-
-
-def _data(n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3)).astype("float32")
-    y = rng.normal(size=(n, 2)).astype("float32")
-    w = rng.uniform(0.5, 2.0, size=(n,)).astype("float32")
-    return x, y, w
-
-
-def _tiny(l2=L2):
-    keras.utils.set_random_seed(1)
-    return kd.Sequential(
-        [
-            keras.Input((3,)),
-            keras.layers.Dense(2, activation="tanh", kernel_regularizer=keras.regularizers.L2(l2)),
-        ]
-    )
-
-
-def _flat(values):
-    return np.concatenate([np.ravel(v) for v in values])
-
 
 # --- Curvature sub-batch ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fraction, size", [(0.5, 3), (0.3, 2), (0.01, 1)])
 def test_curvature_products_use_the_leading_sub_batch(fraction, size):
-    x, y, w = _data()
-    model = _tiny()
+    x, y, w = data()
+    model = tiny_model()
     model.compile(optimizer=GaussNewton(), loss="mse")
     closure = kd.Closure(model, x, y, w, curvature_fraction=fraction)
-    rng = np.random.default_rng(5)
-    W = rng.normal(size=(3, 2)).astype("float32")
-    b = rng.normal(size=(2,)).astype("float32")
-    params = [tf.constant(W), tf.constant(b)]
-    v = [tf.constant(rng.normal(size=(3, 2)), tf.float32), tf.constant([0.3, -1.0])]
+    W, b, params, v = random_point()
     loss, grad, _, _, _, _ = terms(W, b, x, y, w, L2)
     _, _, _, _, ggn, hessian = terms(W, b, x[:size], y[:size], w[:size], L2)
     # Loss and gradient: the whole batch; products: the mean loss of the sub-batch.
     np.testing.assert_allclose(closure.loss(params), loss, rtol=1e-5)
-    np.testing.assert_allclose(_flat(closure.gradient(params)), grad, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(_flat(closure.ggn_vp(v, params)), ggn @ _flat(v), rtol=1e-4,
+    np.testing.assert_allclose(flat(closure.gradient(params)), grad, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(flat(closure.ggn_vp(v, params)), ggn @ flat(v), rtol=1e-4,
                                atol=1e-6)
-    np.testing.assert_allclose(_flat(closure.hvp(v, params)), hessian @ _flat(v), rtol=1e-4,
+    np.testing.assert_allclose(flat(closure.hvp(v, params)), hessian @ flat(v), rtol=1e-4,
                                atol=1e-6)
     assert closure.curvature.x.shape[0] == size
 
 
 def test_fisher_product_on_the_sub_batch_matches_dense_gauss_newton():
-    x, y, _ = _data()
-    model = _tiny(l2=0.0)
+    x, y, _ = data()
+    model = tiny_model(l2=0.0)
     model.compile(optimizer=GaussNewton(), loss="mse")
     closure = kd.Closure(model, x, y, curvature_fraction=0.5)
     v = [tf.constant(np.random.default_rng(2).normal(size=p.shape), "float32")
@@ -73,15 +44,15 @@ def test_fisher_product_on_the_sub_batch_matches_dense_gauss_newton():
     W, b = (p.numpy() for p in closure.params)
     # mse over K = 2 outputs: H_L = 2 / (N K) I = I / N, the Gaussian Fisher with variance 1.
     _, _, _, _, ggn, _ = terms(W, b, x[:3], y[:3], np.ones(3), 0.0)
-    np.testing.assert_allclose(_flat(closure.fisher_vp(v, distribution="gaussian")),
-                               ggn @ _flat(v), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(flat(closure.fisher_vp(v, distribution="gaussian")),
+                               ggn @ flat(v), rtol=1e-4, atol=1e-6)
 
 
 def test_two_replicas_equal_one_device_on_the_union_of_sub_batches(mirrored_strategy):
     strategy = mirrored_strategy
-    x, y, w = _data(n=8)
+    x, y, w = data(n=8)
     with strategy.scope():
-        model = _tiny()
+        model = tiny_model()
         model.compile(optimizer=GaussNewton(), loss="mse")
     v = [tf.constant(np.random.default_rng(3).normal(size=p.shape), "float32")
          for p in model.trainable_weights]
@@ -104,8 +75,8 @@ def test_two_replicas_equal_one_device_on_the_union_of_sub_batches(mirrored_stra
 
 
 def test_gauss_newton_trains_on_a_sub_batch_with_the_dense_step():
-    x, y, w = _data()
-    model = _tiny()
+    x, y, w = data()
+    model = tiny_model()
     W, b = (v.numpy().astype(np.float64) for v in model.trainable_weights)
     optimizer = GaussNewton(damping=0.1, cg_max_iterations=8, cg_tol=0.0, curvature_fraction=0.5)
     assert optimizer.get_config()["curvature_fraction"] == 0.5
@@ -114,7 +85,7 @@ def test_gauss_newton_trains_on_a_sub_batch_with_the_dense_step():
     _, grad, _, _, _, _ = terms(W, b, x, y, w, L2)
     _, _, _, _, ggn, _ = terms(W, b, x[:3], y[:3], w[:3], L2)
     step = -np.linalg.solve(ggn + 0.1 * np.eye(8), grad)
-    np.testing.assert_allclose(_flat(model.get_weights()),
+    np.testing.assert_allclose(flat(model.get_weights()),
                                np.concatenate([W.ravel(), b]) + step, rtol=1e-4, atol=1e-5)
 
 
@@ -143,7 +114,7 @@ class _GradientDescent(ClosureOptimizer):
 
 
 def test_one_forward_pass_per_step_gives_the_gradient_step():
-    x, y, w = _data()
+    x, y, w = data()
     counter = _Counting()
     keras.utils.set_random_seed(1)
     model = kd.Sequential([keras.Input((3,)), counter, keras.layers.Dense(
@@ -154,7 +125,7 @@ def test_one_forward_pass_per_step_gives_the_gradient_step():
     history = model.fit(x, y, sample_weight=w, batch_size=6, epochs=2, verbose=0).history
     assert counter.calls == 1 + 2  # the symbolic build, then one forward pass per step
     loss, _, _, _, _, _ = terms(W, b, x, y, w, L2)
-    np.testing.assert_allclose(_flat(model.get_weights()), _second_step(W, b, x, y, w, 0.5),
+    np.testing.assert_allclose(flat(model.get_weights()), _second_step(W, b, x, y, w, 0.5),
                                rtol=1e-4, atol=1e-6)
     assert history["loss"][0] == pytest.approx(loss, rel=1e-5)  # predictions before the step
     out = np.tanh(x @ W + b)
@@ -170,7 +141,7 @@ def _second_step(W, b, x, y, w, lr):
 
 
 def test_mixed_precision_keeps_a_separate_float32_evaluation():
-    x, y, _ = _data()
+    x, y, _ = data()
     counter = _Counting()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -187,8 +158,8 @@ def test_mixed_precision_keeps_a_separate_float32_evaluation():
 
 
 def _fit(loss, model=None):
-    x, y, _ = _data()
-    model = model or _tiny()
+    x, y, _ = data()
+    model = model or tiny_model()
     model.compile(optimizer=GaussNewton(), loss=loss, jit_compile=False)
     return model.fit(x, y, batch_size=6, epochs=1, verbose=0)
 
@@ -234,7 +205,7 @@ def test_unknown_or_concave_loss_warns_and_logit_losses_pass():
         (lambda: GaussNewton(curvature_fraction=0.0), "`curvature_fraction`.*0.0.*0.25"),
         (lambda: GaussNewton(curvature_fraction=1.5), "`curvature_fraction`"),
         (lambda: AnnealedStep(learning_rate=float("inf")), "`learning_rate`.*inf"),
-        (lambda: kd.Closure(_tiny(), np.ones((2, 3)), np.ones((2, 2)), curvature_fraction=-1),
+        (lambda: kd.Closure(tiny_model(), np.ones((2, 3)), np.ones((2, 2)), curvature_fraction=-1),
          "`curvature_fraction`.*-1"),
     ],
 )

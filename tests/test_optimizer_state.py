@@ -8,36 +8,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from closure_reference import terms
+from closure_reference import L2, data, terms, tiny_model
 
 import keras_diffusion as kd
 from keras_diffusion.curvature import solvers
 from keras_diffusion.optimizers import AnnealedStep, DiagnosticsLogger, GaussNewton, guard
 
-L2 = 0.05
-
-
-def _data(n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3)).astype("float32")
-    y = rng.normal(size=(n, 2)).astype("float32")
-    return x, y
-
-
-def _tiny(cls=kd.Sequential):
-    keras.utils.set_random_seed(1)
-    return cls(
-        [
-            keras.Input((3,)),
-            keras.layers.Dense(
-                2, activation="tanh", kernel_regularizer=keras.regularizers.L2(L2)
-            ),
-        ]
-    )
-
-
 def _gauss_newton_model(damping=0.3):
-    model = _tiny()
+    model = tiny_model()
     model.compile(
         optimizer=GaussNewton(damping=damping, cg_max_iterations=4, cg_tol=0.0),
         loss="mse",
@@ -51,7 +29,7 @@ def _gauss_newton_model(damping=0.3):
 
 def test_damping_is_a_variable_and_config_keeps_the_initial_value():
     optimizer = GaussNewton(damping=0.3)
-    model = _tiny()
+    model = tiny_model()
     optimizer.build(model.trainable_variables)
     assert isinstance(optimizer.damping, keras.Variable)
     assert float(optimizer.damping.value) == pytest.approx(0.3)
@@ -65,7 +43,7 @@ def test_damping_is_a_variable_and_config_keeps_the_initial_value():
 
 def _adapted(model):
     """Trains one step, then sets state a constructor cannot reproduce."""
-    x, y = _data()
+    x, y, _ = data()
     model.fit(x, y, batch_size=6, epochs=1, verbose=0)
     model.optimizer.damping.assign(0.0125)
     model.optimizer.rejected_steps.assign(3)
@@ -108,8 +86,8 @@ def test_checkpoint_and_weights_files_restore_optimizer_state(tmp_path, how):
 
 
 def test_adapted_damping_is_the_one_used():
-    x, y = _data()
-    model = _tiny()
+    x, y, _ = data()
+    model = tiny_model()
     W, b = (v.numpy().astype(np.float64) for v in model.trainable_weights)
     model.compile(optimizer=GaussNewton(damping=5.0, cg_max_iterations=8, cg_tol=0.0),
                   loss="mse", jit_compile=False)
@@ -126,8 +104,8 @@ def test_adapted_damping_is_the_one_used():
 
 
 def test_gauss_newton_diagnostics_reach_history_and_csv(tmp_path):
-    x, y = _data()
-    model = _tiny()
+    x, y, _ = data()
+    model = tiny_model()
     W, b = (v.numpy().astype(np.float64) for v in model.trainable_weights)
     model.compile(optimizer=GaussNewton(damping=0.2, cg_max_iterations=5, cg_tol=0.0),
                   loss="mse", jit_compile=False)
@@ -166,7 +144,7 @@ class _SigmaOffset(keras.layers.Layer):
 
 @pytest.mark.parametrize("cls", [kd.Model, keras.Model])
 def test_annealed_step_diagnostics_with_kd_model_or_logger(cls, tmp_path):
-    x, y = _data(n=8)
+    x, y, _ = data(n=8)
     y[0, 0] = np.nan  # the first batch is rejected
     bandwidth = kd.Bandwidth(0.5)
     inputs = keras.Input((3,))
@@ -186,7 +164,7 @@ def test_annealed_step_diagnostics_with_kd_model_or_logger(cls, tmp_path):
 
 
 def test_plain_model_without_logger_has_no_diagnostics_but_same_steps():
-    x, y = _data(n=8)
+    x, y, _ = data(n=8)
     bandwidth = kd.Bandwidth(0.5)
     weights, logs = [], []
     for cls in (keras.Model, kd.Model):
@@ -208,7 +186,7 @@ def test_plain_model_without_logger_has_no_diagnostics_but_same_steps():
 def test_guard_rejects_on_every_replica_when_one_is_non_finite(mirrored_strategy):
     strategy = mirrored_strategy
     with strategy.scope():
-        model = _tiny()
+        model = tiny_model()
         optimizer = GaussNewton()
         optimizer.build(model.trainable_variables)
     before = [np.asarray(v.value) for v in model.trainable_variables]
@@ -250,3 +228,51 @@ def test_guard_checks_every_value_and_check():
     assert int(optimizer.rejected_steps.value) == 2
     with pytest.raises(ValueError, match="one value per variable"):
         optimizer.assign_if_finite(variables, [tf.ones(2)])
+
+
+# --- A subclass's own state: the pattern the next optimizers follow -------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion_tests")
+class _Momentum(kd.optimizers.ClosureOptimizer):
+    """Closure heavy-ball: velocity and a step counter in state variables."""
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self.velocity = self.add_state_like(var_list, "velocity")
+        self.gradient_evaluations = self.add_diagnostic("gradient_evaluations", 0, "int64")
+
+    def step(self, closure):
+        loss, grads = closure.value_and_gradient()
+        self.gradient_evaluations.assign_add(1)
+        velocity = [0.5 * v.value + g for v, g in zip(self.velocity, grads)]
+        for v, new in zip(self.velocity, velocity):
+            v.assign(new)
+        lr = tf.cast(self.learning_rate, loss.dtype)
+        new = [p - lr * v for p, v in zip(closure.params, velocity)]
+        self.assign_if_finite(closure.variables, new, checks=[loss])
+        return loss
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_subclass_state_like_weights_is_written_and_saved(distributed, mirrored_strategy,
+                                                          tmp_path):
+    x, y, w = data()
+    strategy = mirrored_strategy if distributed else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = tiny_model()
+        model.compile(optimizer=_Momentum(0.1, name="momentum"), loss="mse", jit_compile=False)
+    W, b = (v.numpy().astype(np.float64) for v in model.trainable_weights)
+    history = model.fit(x, y, sample_weight=w, batch_size=6, epochs=1, verbose=0).history
+    _, grad, _, _, _, _ = terms(W, b, x, y, w, L2)
+    velocity = np.concatenate([np.ravel(v.value) for v in model.optimizer.velocity])
+    np.testing.assert_allclose(velocity, grad, rtol=1e-4, atol=1e-6)  # 0.5 * 0 + g
+    assert history["gradient_evaluations"] == [1.0]
+    path = os.path.join(tmp_path, "momentum.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for a, b in zip(loaded.optimizer.velocity, model.optimizer.velocity):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    assert int(loaded.optimizer.gradient_evaluations.value) == 1

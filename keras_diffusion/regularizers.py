@@ -39,6 +39,7 @@ import tensorflow as tf
 from keras import ops, tree
 
 from keras_diffusion import compat, probes
+from keras_diffusion.optimizers import diagnostics
 from keras_diffusion.layers.deep_transition import DeepTransitionRNN
 
 
@@ -121,8 +122,9 @@ class NormPreservingModel(keras.Model):
     The gradient added is the immediate derivative of eq. (5.21) [Pascanu 2014, sec. 5.8];
     ``delta[k+1] = dL/dh[k+1]`` comes from the same BPTT as the loss gradient (no extra
     pass through time), and Omega is evaluated with the cell in inference mode (no dropout).
-    The logs report ``omega``, Omega at the current batch. Inference and saving use the
-    wrapped ``model`` (``model.model``).
+    The logs report ``omega``, Omega at the current batch, and the optimizer's diagnostics
+    (``keras_diffusion.optimizers.diagnostics``, e.g. ``AnnealedStep``'s ``rejected_steps``).
+    Inference and saving use the wrapped ``model`` (``model.model``).
 
     Args:
         model: the Keras model to train.
@@ -184,4 +186,5 @@ class NormPreservingModel(keras.Model):
             for g, og in zip(grads, omega_grads)
         ]
         self.optimizer.apply(grads, variables)
-        return {**self.compute_metrics(x, y, y_pred, sample_weight), "omega": value}
+        logs = self.compute_metrics(x, y, y_pred, sample_weight)
+        return {**logs, "omega": value, **diagnostics.read(self.optimizer)}

@@ -276,3 +276,24 @@ def test_subclass_state_like_weights_is_written_and_saved(distributed, mirrored_
     for a, b in zip(loaded.optimizer.velocity, model.optimizer.velocity):
         np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
     assert int(loaded.optimizer.gradient_evaluations.value) == 1
+
+
+def test_backup_and_restore_restores_optimizer_state(tmp_path):
+    x, y, _ = data()
+    backup = str(tmp_path / "backup")
+
+    class Adapt(keras.callbacks.Callback):  # stands in for an adaptive damping rule
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.damping.assign(0.0125)
+
+    model = _gauss_newton_model()
+    model.fit(x, y, batch_size=6, epochs=1, verbose=0,
+              callbacks=[Adapt(), keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)])
+    resumed = _gauss_newton_model()
+    history = resumed.fit(x, y, batch_size=6, epochs=1, verbose=0,
+                          callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert history.history == {}  # the backup's epoch is done: nothing re-runs
+    assert float(resumed.optimizer.damping.value) == np.float32(0.0125)
+    assert int(resumed.optimizer.iterations) == 1
+    for a, b in zip(resumed.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)

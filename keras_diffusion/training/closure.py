@@ -114,6 +114,9 @@ class Closure:
     def __init__(
         self, model, x, y=None, sample_weight=None, training=True, curvature_fraction=1.0
     ):
+        self.curvature_fraction = validation.fraction(
+            "curvature_fraction", curvature_fraction, "E.g. 0.25 (Martens 2010 sec. 4.2)."
+        )
         if not model.trainable_variables:
             raise ValueError(
                 f"Closure needs a model with trainable weights; model {model.name!r} has none "
@@ -140,9 +143,6 @@ class Closure:
         # A replica's share of a batch mean (Keras's loss scaling, for the Fisher product).
         self._share = 1.0 / replicas if self._ctx is not None else 1.0
         self._recorded = None
-        self.curvature_fraction = validation.fraction(
-            "curvature_fraction", curvature_fraction, "E.g. 0.25 (Martens 2010 sec. 4.2)."
-        )
         self.curvature = self
         if self.curvature_fraction < 1.0:
             self.curvature = copy.copy(self)

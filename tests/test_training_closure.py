@@ -180,14 +180,16 @@ def test_gauss_newton_fits_a_regression():
     assert losses[-1] < 1e-2 * losses[0], losses
 
 
-def test_jit_compiled_train_step_matches_graph():
+@pytest.mark.parametrize("curvature_fraction", [1.0, 0.5])
+def test_jit_compiled_train_step_matches_graph(curvature_fraction):
     x, y, w = data(n=8)
     weights = []
     for jit in (False, True):
         model = tiny_model()
-        model.compile(
-            optimizer=GaussNewton(damping=0.1, cg_max_iterations=8), loss="mse", jit_compile=jit
+        optimizer = GaussNewton(
+            damping=0.1, cg_max_iterations=8, curvature_fraction=curvature_fraction
         )
+        model.compile(optimizer=optimizer, loss="mse", jit_compile=jit)
         model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, shuffle=False, verbose=0)
         weights.append(flat(model.get_weights()))
     np.testing.assert_allclose(weights[1], weights[0], rtol=1e-3, atol=1e-4)  # XLA fusion

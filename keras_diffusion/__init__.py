@@ -20,6 +20,7 @@ from keras_diffusion import initializers  # noqa: E402
 from keras_diffusion import layers  # noqa: E402
 from keras_diffusion import losses  # noqa: E402
 from keras_diffusion import optimizers  # noqa: E402
+from keras_diffusion import probes  # noqa: E402
 from keras_diffusion import regularizers  # noqa: E402
 from keras_diffusion.bandwidth import Bandwidth, bandwidths, get_sigma, set_sigma  # noqa: E402
 from keras_diffusion.monitors import CurvatureMonitor  # noqa: E402
@@ -43,6 +44,7 @@ __all__ = [
     "layers",
     "losses",
     "optimizers",
+    "probes",
     "regularizers",
     "set_sigma",
 ]

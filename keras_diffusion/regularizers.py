@@ -14,8 +14,8 @@ a vector-Jacobian product of the cell's one-step map.
 
 Use in training: wrap a model with :class:`NormPreservingModel`, naming the
 :class:`~keras_diffusion.layers.DeepTransitionRNN` to regularize. Its train step runs one
-BPTT that returns both the loss gradient and every ``delta[k+1]`` (through zero "probes"
-added to the states), then adds ``weight(step) * dOmega/dtheta``. The weight follows
+BPTT that returns both the loss gradient and every ``delta[k+1]`` (through the zero probes of
+``keras_diffusion.probes.capture``, added to the states), then adds ``weight(step) * dOmega/dtheta``. The weight follows
 :class:`OmegaWeight`: constant (thesis synthetic tasks, alpha in {0.5 .. 4}) or the
 ``1 / (1 + max(0, t - start) / decay_steps)`` decay used on natural data (sec. 5.9.3).
 Combine it with gradient-norm clipping (``global_clipnorm=`` of any Keras optimizer,
@@ -37,9 +37,9 @@ import math
 import keras
 import tensorflow as tf
 from keras import ops, tree
-from keras.src.losses import loss as loss_module
 
-from keras_diffusion import compat
+from keras_diffusion import compat, probes
+from keras_diffusion.optimizers import diagnostics
 from keras_diffusion.layers.deep_transition import DeepTransitionRNN
 
 
@@ -122,8 +122,9 @@ class NormPreservingModel(keras.Model):
     The gradient added is the immediate derivative of eq. (5.21) [Pascanu 2014, sec. 5.8];
     ``delta[k+1] = dL/dh[k+1]`` comes from the same BPTT as the loss gradient (no extra
     pass through time), and Omega is evaluated with the cell in inference mode (no dropout).
-    The logs report ``omega``, Omega at the current batch. Inference and saving use the
-    wrapped ``model`` (``model.model``).
+    The logs report ``omega``, Omega at the current batch, and the optimizer's diagnostics
+    (``keras_diffusion.optimizers.diagnostics``, e.g. ``AnnealedStep``'s ``rejected_steps``).
+    Inference and saving use the wrapped ``model`` (``model.model``).
 
     Args:
         model: the Keras model to train.
@@ -185,26 +186,28 @@ class NormPreservingModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            self.layer._omega_tape = tape
-            try:
+            with probes.capture([self.layer], tape=tape) as captured:
                 y_pred = self(x, training=True)
-            finally:
-                self.layer._omega_tape = None
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
-            self._loss_tracker.update_state(
-                loss_module.unscale_loss_for_distribution(loss),
+            compat.loss_tracker(self).update_state(
+                compat.unscale_loss_for_distribution(loss),
                 sample_weight=ops.shape(tree.flatten(x)[0])[0],
             )
             loss = self.optimizer.scale_loss(loss)
-        probe, states, inputs = self.layer._omega_record
+        record = captured[self.layer]
         # Omega is invariant to the scale of the errors, so a loss scale does not change it.
-        *grads, errors = tape.gradient(loss, variables + [probe])
+        *grads, errors = tape.gradient(loss, variables + [record.probe])
         cell = self.layer.cell
         with tf.GradientTape() as omega_tape:
-            value = omega(lambda h, u: cell(u, [h], training=False)[0], states, errors, inputs)
-            scaled = self.optimizer.scale_loss(loss_module.scale_loss_for_distribution(value))
+            value = omega(
+                lambda h, u: cell(u, [h], training=False)[0],
+                record.previous,
+                errors,
+                record.inputs,
+            )
+            scaled = self.optimizer.scale_loss(compat.scale_loss_for_distribution(value))
         omega_grads = omega_tape.gradient(scaled, variables)
         alpha = self.weight(self.optimizer.iterations)
         grads = [
@@ -212,4 +215,5 @@ class NormPreservingModel(keras.Model):
             for g, og in zip(grads, omega_grads)
         ]
         self.optimizer.apply(grads, variables)
-        return {**self.compute_metrics(x, y, y_pred, sample_weight), "omega": value}
+        logs = self.compute_metrics(x, y, y_pred, sample_weight)
+        return {**logs, "omega": value, **diagnostics.read(self.optimizer)}

@@ -4,9 +4,53 @@
 (Keras' mean squared error with sample weights ``w`` and an L2 kernel regularizer). Parameters
 are flattened as ``[W.ravel(), b]`` (the order of ``Dense.trainable_weights``). Everything is
 float64 and written out by hand (no autodiff), so it is independent of the code under test.
+``tiny_model`` builds that net in Keras, ``data`` a batch and ``random_point`` weights and a
+direction away from the model's, for the closure and optimizer tests.
 """
 
+import keras
 import numpy as np
+import tensorflow as tf
+
+import keras_diffusion as kd
+
+L2 = 0.05
+
+
+def data(n=6, d=3, k=2, seed=0):
+    """Inputs ``(n, d)``, targets ``(n, k)`` and sample weights ``(n,)``, float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = rng.normal(size=(n, k)).astype("float32")
+    w = rng.uniform(0.5, 2.0, size=(n,)).astype("float32")
+    return x, y, w
+
+
+def tiny_model(cls=kd.Sequential, l2=L2, seed=1):
+    """``Dense(2, tanh)`` on 3 inputs with an L2 kernel regularizer: the net of ``terms``."""
+    keras.utils.set_random_seed(seed)
+    return cls(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(
+                2, activation="tanh", kernel_regularizer=keras.regularizers.L2(l2)
+            ),
+        ]
+    )
+
+
+def flat(values):
+    """A list of arrays/tensors as one flat numpy vector."""
+    return np.concatenate([np.ravel(v) for v in values])
+
+
+def random_point(seed=5):
+    """``W``, ``b`` (numpy float32), the same as tensors, and a direction ``v`` (tensors)."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(3, 2)).astype("float32")
+    b = rng.normal(size=(2,)).astype("float32")
+    v = [tf.constant(rng.normal(size=(3, 2)), tf.float32), tf.constant([0.3, -1.0])]
+    return W, b, [tf.constant(W), tf.constant(b)], v
 
 
 def forward(W, b, x):

@@ -36,7 +36,7 @@ def _train(strategy, init, x, y, w):
         model.compile(
             # Well conditioned and solved to tolerance: one device runs the looped CG, two
             # replicas the same CG unrolled (unroll=closure.distributed).
-            optimizer=GaussNewton(damping=1.0, cg_max_iters=10, cg_tol=1e-6),
+            optimizer=GaussNewton(damping=1.0, cg_max_iterations=10, cg_tol=1e-6),
             loss="mse",
             metrics=["mae"],
             jit_compile=False,

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_diffusion import regularizers
+from keras_diffusion import probes, regularizers
 from keras_diffusion.layers.deep_transition import DeepTransitionRNN, DeepTransitionRNNCell
+from keras_diffusion.optimizers import AnnealedStep
 
 RNG = np.random.default_rng(1)
 B, T, D, N = 2, 5, 2, 3
@@ -64,12 +65,11 @@ def _numeric_grad(f, p, key, eps=1e-6):
 
 def _record(model, layer):
     with tf.GradientTape() as tape:
-        layer._omega_tape = tape
-        pred = model(X.astype("float32"))
-        layer._omega_tape = None
+        with probes.capture([layer], tape=tape) as captured:
+            pred = model(X.astype("float32"))
         loss = keras.losses.MeanSquaredError()(Y.astype("float32"), pred)
-    probe, states, inputs = layer._omega_record
-    return tape.gradient(loss, probe), states, inputs
+    record = captured[layer]
+    return tape.gradient(loss, record.probe), record.previous, record.inputs
 
 
 def test_probe_gives_states_and_backpropagated_errors():
@@ -226,3 +226,15 @@ def test_wrapper_rejects_other_layers():
     other = DeepTransitionRNN(DeepTransitionRNNCell(2))
     with pytest.raises(ValueError, match="is not part of model"):
         regularizers.NormPreservingModel(model, other)
+
+
+def test_train_step_logs_the_optimizers_diagnostics():
+    model, layer, _ = _tiny_model()
+    wrapped = regularizers.NormPreservingModel(model, layer, weight=0.5)
+    wrapped.compile(AnnealedStep(0.1, bandwidth=2.0, sigma_floor=0.0), loss="mse")
+    before = [np.asarray(v) for v in model.trainable_variables]
+    logs = wrapped.train_on_batch(X.astype("float32"), Y.astype("float32"), return_dict=True)
+    moved = np.sqrt(sum(((np.asarray(v) - b) ** 2).sum()
+                        for v, b in zip(model.trainable_variables, before)))
+    assert logs["rejected_steps"] == 0.0
+    assert logs["step_length"] == pytest.approx(0.2) == pytest.approx(moved, rel=1e-4)

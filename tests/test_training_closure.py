@@ -6,37 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from closure_reference import forward, terms
+from closure_reference import L2, data, flat, forward, random_point, terms, tiny_model
 
 import keras_diffusion as kd
 from keras_diffusion.optimizers import ClosureOptimizer, GaussNewton
-
-L2 = 0.05
-
-
-def _data(n=6, d=3, k=2, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype("float32")
-    y = rng.normal(size=(n, k)).astype("float32")
-    w = rng.uniform(0.5, 2.0, size=(n,)).astype("float32")
-    return x, y, w
-
-
-def _tiny(cls=kd.Sequential, l2=L2, seed=1):
-    keras.utils.set_random_seed(seed)
-    return cls(
-        [
-            keras.Input((3,)),
-            keras.layers.Dense(
-                2, activation="tanh", kernel_regularizer=keras.regularizers.L2(l2)
-            ),
-        ]
-    )
-
-
-def _flat(values):
-    return np.concatenate([np.ravel(v) for v in values])
-
 
 # --- Ordinary optimizers: exactly keras.Model -------------------------------------------
 
@@ -48,7 +21,7 @@ def _mlp(inputs):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_plain_optimizers_match_keras_model(optimizer):
-    x, y, w = _data(n=12)
+    x, y, w = data(n=12)
     histories, weights = [], []
     for cls in (keras.Model, kd.Model):
         keras.utils.set_random_seed(3)
@@ -73,30 +46,26 @@ def test_plain_optimizers_match_keras_model(optimizer):
 
 
 def test_closure_matches_dense_reference():
-    x, y, w = _data()
-    model = _tiny()
+    x, y, w = data()
+    model = tiny_model()
     model.compile(optimizer=GaussNewton(), loss="mse")
     closure = kd.Closure(model, x, y, w)
-    rng = np.random.default_rng(5)
     # Evaluate away from the model's weights: the closure substitutes them.
-    W = rng.normal(size=(3, 2)).astype("float32")
-    b = rng.normal(size=(2,)).astype("float32")
-    params = [tf.constant(W), tf.constant(b)]
-    v = [tf.constant(rng.normal(size=(3, 2)), tf.float32), tf.constant([0.3, -1.0])]
+    W, b, params, v = random_point()
     loss, grad, _, _, ggn, hessian = terms(W, b, x, y, w, L2)
 
     np.testing.assert_allclose(closure.loss(params), loss, rtol=1e-5)
-    np.testing.assert_allclose(_flat(closure.gradient(params)), grad, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(flat(closure.gradient(params)), grad, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(closure.outputs(params), forward(W, b, x), rtol=1e-5)
     np.testing.assert_allclose(
         closure.regularization(params), L2 * np.sum(W.astype(np.float64) ** 2), rtol=1e-5
     )
     assert closure.loss_hessian() is not None  # analytic squared-error Hessian
     np.testing.assert_allclose(
-        _flat(closure.ggn_vp(v, params)), ggn @ _flat(v), rtol=1e-4, atol=1e-6
+        flat(closure.ggn_vp(v, params)), ggn @ flat(v), rtol=1e-4, atol=1e-6
     )
     np.testing.assert_allclose(
-        _flat(closure.hvp(v, params)), hessian @ _flat(v), rtol=1e-4, atol=1e-6
+        flat(closure.hvp(v, params)), hessian @ flat(v), rtol=1e-4, atol=1e-6
     )
     # At the default params (the model's weights) the closure is the compiled Keras loss.
     keras_loss = model.compute_loss(x, y, model(x), sample_weight=w)
@@ -116,7 +85,7 @@ class _ActivityPenalty(keras.layers.Layer):
 
 
 def test_closure_multi_output_add_loss_and_sample_weights():
-    x, y, w = _data(n=5)
+    x, y, w = data(n=5)
     inputs = keras.Input((3,))
     keras.utils.set_random_seed(2)
     hidden = keras.layers.Dense(
@@ -169,7 +138,8 @@ def test_closure_multi_output_add_loss_and_sample_weights():
     for got, want in zip(closure.gradient(tensors), expected_grad):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # The closure never touched the metrics: evaluation/training still start from zero.
-    history = model.fit(x, [ya, yb], sample_weight=w, batch_size=5, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match="'mean_absolute_error' is piecewise linear"):
+        history = model.fit(x, [ya, yb], sample_weight=w, batch_size=5, epochs=1, verbose=0)
     assert {"loss", "a_loss", "b_loss", "a_mae", "b_mse"} <= set(history.history)
     np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)
 
@@ -178,12 +148,12 @@ def test_closure_multi_output_add_loss_and_sample_weights():
 
 
 def test_gauss_newton_step_matches_dense_solve():
-    x, y, w = _data()
+    x, y, w = data()
     damping = 0.1
-    model = _tiny()
+    model = tiny_model()
     W, b = (v.numpy().astype(np.float64) for v in model.trainable_weights)
     model.compile(
-        optimizer=GaussNewton(damping=damping, cg_max_iters=8, cg_tol=0.0),
+        optimizer=GaussNewton(damping=damping, cg_max_iterations=8, cg_tol=0.0),
         loss="mse",
         jit_compile=False,
     )
@@ -191,7 +161,7 @@ def test_gauss_newton_step_matches_dense_solve():
     _, grad, _, _, ggn, _ = terms(W, b, x, y, w, L2)
     step = -np.linalg.solve(ggn + damping * np.eye(8), grad)
     expected = np.concatenate([W.ravel(), b]) + step
-    np.testing.assert_allclose(_flat(model.get_weights()), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(flat(model.get_weights()), expected, rtol=1e-4, atol=1e-5)
     assert int(model.optimizer.iterations) == 1
 
 
@@ -204,37 +174,39 @@ def test_gauss_newton_fits_a_regression():
         [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
     )
     model.compile(
-        optimizer=GaussNewton(damping=1e-3, cg_max_iters=15), loss="mse", jit_compile=False
+        optimizer=GaussNewton(damping=1e-3, cg_max_iterations=15), loss="mse", jit_compile=False
     )
     losses = model.fit(x, y, batch_size=32, epochs=6, verbose=0).history["loss"]
     assert losses[-1] < 1e-2 * losses[0], losses
 
 
-def test_jit_compiled_train_step_matches_graph():
-    x, y, w = _data(n=8)
+@pytest.mark.parametrize("curvature_fraction", [1.0, 0.5])
+def test_jit_compiled_train_step_matches_graph(curvature_fraction):
+    x, y, w = data(n=8)
     weights = []
     for jit in (False, True):
-        model = _tiny()
-        model.compile(
-            optimizer=GaussNewton(damping=0.1, cg_max_iters=8), loss="mse", jit_compile=jit
+        model = tiny_model()
+        optimizer = GaussNewton(
+            damping=0.1, cg_max_iterations=8, curvature_fraction=curvature_fraction
         )
+        model.compile(optimizer=optimizer, loss="mse", jit_compile=jit)
         model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, shuffle=False, verbose=0)
-        weights.append(_flat(model.get_weights()))
+        weights.append(flat(model.get_weights()))
     np.testing.assert_allclose(weights[1], weights[0], rtol=1e-3, atol=1e-4)  # XLA fusion
 
 
 def test_closure_optimizer_in_plain_keras_model_names_the_fix():
-    x, y, _ = _data()
-    model = _tiny(cls=keras.Sequential)
+    x, y, _ = data()
+    model = tiny_model(cls=keras.Sequential)
     model.compile(optimizer=GaussNewton(), loss="mse", jit_compile=False)
     with pytest.raises(TypeError, match=r"keras_diffusion\.Model.*ClosureTrainingMixin"):
         model.fit(x, y, verbose=0)
 
 
 def test_non_finite_update_is_rejected_and_counted():
-    x, y, _ = _data()
+    x, y, _ = data()
     y[0, 0] = np.nan
-    model = _tiny()
+    model = tiny_model()
     before = model.get_weights()
     model.compile(optimizer=GaussNewton(), loss="mse", jit_compile=False)
     history = model.fit(x, y, batch_size=3, epochs=1, shuffle=False, verbose=0)
@@ -249,8 +221,8 @@ def test_non_finite_update_is_rejected_and_counted():
 def test_gauss_newton_rejects_bad_arguments():
     with pytest.raises(ValueError, match="damping > 0"):
         GaussNewton(damping=0.0)
-    with pytest.raises(ValueError, match="cg_max_iters"):
-        GaussNewton(cg_max_iters=0)
+    with pytest.raises(ValueError, match="cg_max_iterations"):
+        GaussNewton(cg_max_iterations=0)
     with pytest.raises(ValueError, match="clipnorm"):
         GaussNewton(clipnorm=1.0)
 
@@ -265,7 +237,7 @@ def test_gauss_newton_rejects_bad_arguments():
 
 
 def test_batchnorm_updated_once_per_step_and_closure_deterministic():
-    x, y, _ = _data(n=8)
+    x, y, _ = data(n=8)
     stats = []
     for cls, opt in ((keras.Sequential, keras.optimizers.SGD(0.0)), (kd.Sequential, GaussNewton())):
         keras.utils.set_random_seed(4)
@@ -301,7 +273,7 @@ class MixinNet(kd.ClosureTrainingMixin, keras.Model):
 
 
 def test_subclassed_model_with_mixin_trains():
-    x, _, _ = _data(n=16)
+    x, _, _ = data(n=16)
     y = np.tanh(x @ np.array([[1.0, 0.2], [-0.5, 0.4], [0.3, -1.0]], np.float32))
     keras.utils.set_random_seed(0)
     model = MixinNet()
@@ -311,10 +283,10 @@ def test_subclassed_model_with_mixin_trains():
 
 
 def test_keras_file_round_trip(tmp_path):
-    x, y, _ = _data()
-    model = _tiny()
+    x, y, _ = data()
+    model = tiny_model()
     model.compile(
-        optimizer=GaussNewton(damping=0.2, cg_max_iters=7, cg_tol=1e-3),
+        optimizer=GaussNewton(damping=0.2, cg_max_iterations=7, cg_tol=1e-3),
         loss="mse",
         jit_compile=False,
     )
@@ -325,7 +297,7 @@ def test_keras_file_round_trip(tmp_path):
     assert type(loaded) is kd.Sequential
     assert isinstance(loaded.optimizer, GaussNewton)
     config = loaded.optimizer.get_config()
-    assert (config["damping"], config["cg_max_iters"], config["cg_tol"]) == (0.2, 7, 1e-3)
+    assert (config["damping"], config["cg_max_iterations"], config["cg_tol"]) == (0.2, 7, 1e-3)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     inputs = keras.Input((3,))
     functional = kd.Model(inputs, keras.layers.Dense(1)(inputs))
@@ -361,13 +333,13 @@ def _mixed_and_float32(policy):
     assert mixed.dtype_policy.name == policy and mixed.layers[0].compute_dtype != "float32"
     assert reference.layers[0].compute_dtype == "float32"
     for model in (mixed, reference):
-        model.compile(optimizer=GaussNewton(damping=0.1, cg_max_iters=5), loss="mse")
+        model.compile(optimizer=GaussNewton(damping=0.1, cg_max_iterations=5), loss="mse")
     return mixed, reference
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_closure_matches_float32(policy):
-    x, y, w = _data(n=8)
+    x, y, w = data(n=8)
     mixed, reference = _mixed_and_float32(policy)
     closures = [kd.Closure(m, x, y, w) for m in (mixed, reference)]
     v = [
@@ -380,9 +352,9 @@ def test_mixed_precision_closure_matches_float32(policy):
         results.append(
             {
                 "loss": closure.loss().numpy(),
-                "gradient": _flat(closure.gradient()),
-                "hvp": _flat(closure.hvp(v)),
-                "ggn_vp": _flat(closure.ggn_vp(v)),
+                "gradient": flat(closure.gradient()),
+                "hvp": flat(closure.hvp(v)),
+                "ggn_vp": flat(closure.ggn_vp(v)),
             }
         )
     for key in results[1]:
@@ -395,7 +367,7 @@ def test_mixed_precision_closure_matches_float32(policy):
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_gauss_newton_step_matches_float32(policy):
-    x, y, w = _data(n=8)
+    x, y, w = data(n=8)
     mixed, reference = _mixed_and_float32(policy)
     histories = [
         m.fit(x, y, sample_weight=w, batch_size=8, epochs=1, verbose=0)

@@ -51,7 +51,7 @@ from keras import ops
 
 from keras_diffusion import activations as diffused
 from keras_diffusion import bandwidth as bandwidth_lib
-from keras_diffusion import compat, validation
+from keras_diffusion import compat, probes, validation
 from keras_diffusion.layers import checks
 
 
@@ -330,6 +330,8 @@ class DeepTransitionRNN(keras.layers.RNN):
     (2, 5, 8)
     """
 
+    hidden_state_probes = True  # supports keras_diffusion.probes.capture
+
     def __init__(self, cell, **kwargs):
         if isinstance(cell, dict):
             cell = keras.saving.deserialize_keras_object(cell)
@@ -368,9 +370,11 @@ class DeepTransitionRNN(keras.layers.RNN):
         initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [
             initial_state
         ]
-        tape = getattr(self, "_omega_tape", None)
-        if tape is not None:
-            return self._probed_loop(tape, sequences, projected, initial_state, mask, training)
+        captured = probes.requested(self)
+        if captured is not None:
+            return self._probed_loop(
+                captured, sequences, projected, initial_state, mask, training
+            )
 
         def step(inputs, states):
             return self.cell.transition(inputs, states, training=training)
@@ -392,19 +396,19 @@ class DeepTransitionRNN(keras.layers.RNN):
         )
         return last, ops.transpose(outputs, (1, 0, 2)), states
 
-    def _probed_loop(self, tape, sequences, projected, initial_state, mask, training):
-        """The loop with a watched zero ``probe`` added to every new state, so that
-        ``tape.gradient(loss, probe)[:, t]`` is the back-propagated error dL/dh[t+1] that
-        the norm-preserving regularizer needs (``keras_diffusion.regularizers``)."""
+    def _probed_loop(self, captured, sequences, projected, initial_state, mask, training):
+        """The loop with the capture's watched zero ``probe`` added to every new state, so
+        that ``tape.gradient(loss, probe)[:, t]`` is the back-propagated error dL/dh[t+1]
+        (``keras_diffusion.probes``); records states, previous states and inputs."""
         if self.go_backwards or mask is not None:
             raise ValueError(
-                "The norm-preserving regularizer needs a forward, unmasked DeepTransitionRNN "
+                "Hidden-state probes need a forward, unmasked DeepTransitionRNN "
                 f"(got go_backwards={self.go_backwards}, mask given: {mask is not None}); "
                 "build the layer with go_backwards=False and feed it unmasked sequences."
             )
         width = projected.shape[-1]
         probe = ops.zeros(ops.shape(sequences)[:2] + (self.cell.units,), projected.dtype)
-        tape.watch(probe)
+        captured.watch(probe)
 
         def step(inputs, states):
             h, _ = self.cell.transition(inputs[..., :width], states, training=training)
@@ -414,5 +418,5 @@ class DeepTransitionRNN(keras.layers.RNN):
         inputs = ops.concatenate([projected, ops.transpose(probe, (1, 0, 2))], axis=-1)
         last, outputs, states = self._loop(step, inputs, initial_state, None, True)
         previous = ops.concatenate([ops.expand_dims(initial_state[0], 1), outputs[:, :-1]], 1)
-        self._omega_record = (probe, previous, sequences)
+        captured.record(self, outputs, previous, sequences, probe)
         return last, outputs, states

@@ -1,4 +1,7 @@
-"""Optimizers of keras_diffusion."""
+"""Optimizers of keras_diffusion, their state/diagnostics mixin, guard and diagnostics logger."""
+from keras_diffusion.optimizers import guard  # noqa: F401
 from keras_diffusion.optimizers.annealed import AnnealedStep  # noqa: F401
 from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer  # noqa: F401
+from keras_diffusion.optimizers.diagnostics import DiagnosticsLogger  # noqa: F401
 from keras_diffusion.optimizers.gauss_newton import GaussNewton  # noqa: F401
+from keras_diffusion.optimizers.state import OptimizerStateMixin  # noqa: F401

@@ -14,9 +14,14 @@ At sigma = 0 that step is zero and training would stop, so the step uses
 ``max(sigma, sigma_floor)``; ``sigma_floor`` (default 0.01) is the smallest step length
 ``eta * sigma_floor``; set it to 0 to follow sec. 5.2 literally.
 
-A step whose gradient norm is not finite (NaN or inf anywhere) is rejected: no variable changes
-and the optimizer's ``rejected_steps`` counter goes up by one (read it with
+A step whose gradient norm is not finite (NaN or inf anywhere) is rejected by the package's
+non-finite guard (``keras_diffusion.optimizers.guard``): no variable changes and the
+optimizer's ``rejected_steps`` counter goes up by one (read it with
 ``int(optimizer.rejected_steps.numpy())``). A zero gradient gives a zero step.
+
+Diagnostics: ``rejected_steps`` and ``step_length`` (``learning_rate * max(sigma,
+sigma_floor)``, 0 for a zero gradient) reach the ``fit`` logs with ``keras_diffusion.Model``,
+or with ``keras_diffusion.optimizers.DiagnosticsLogger`` on a plain ``keras.Model``.
 
 Saving: ``get_config`` stores the bandwidth, and a model compiled with ``AnnealedStep`` round
 trips through ``.keras``, but Keras serializes the compile config after the model config, so
@@ -29,10 +34,12 @@ import tensorflow as tf
 from keras import ops
 
 from keras_diffusion import bandwidth as bandwidth_lib
+from keras_diffusion import compat, validation
+from keras_diffusion.optimizers.state import OptimizerStateMixin, check_learning_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
-class AnnealedStep(keras.optimizers.Optimizer):
+class AnnealedStep(OptimizerStateMixin, keras.optimizers.Optimizer):
     """Normalized gradient step of length ``learning_rate * sigma`` (Mobahi 2016, sec. 5.2).
 
     Args:
@@ -64,23 +71,17 @@ class AnnealedStep(keras.optimizers.Optimizer):
         name="annealed_step",
         **kwargs,
     ):
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        super().__init__(learning_rate=check_learning_rate(learning_rate), name=name, **kwargs)
         self._source = _SigmaSource(bandwidth)
-        self.sigma_floor = bandwidth_lib.check_nonnegative(
-            "sigma_floor", sigma_floor, " (0 follows sec. 5.2 literally)"
+        self.sigma_floor = validation.nonnegative(
+            "sigma_floor", sigma_floor, "(0 follows sec. 5.2 literally)"
         )
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
-        self.rejected_steps = self.add_variable(
-            shape=(),
-            initializer="zeros",
-            dtype="int64",
-            aggregation="only_first_replica",
-            name="rejected_steps",
-        )
+        self.step_length = self.add_diagnostic("step_length")
 
     def get_bandwidth(self):
         """The sigma source: a ``keras_diffusion.Bandwidth`` or a constant float."""
@@ -103,48 +104,40 @@ class AnnealedStep(keras.optimizers.Optimizer):
         return ops.convert_to_tensor(source, "float32")
 
     def step_directions(self, grads):
-        """Returns ``(directions, finite)`` with ``directions = sigma_eff * g / ||g||``.
+        """Returns ``(directions, norm)`` with ``directions = sigma_eff * g / ||g||``.
 
-        ``finite`` is a boolean scalar: whether the global norm of ``grads`` is finite; when it
-        is not, every direction is zero. A zero gradient gives zero directions.
+        ``norm`` is the global norm of ``grads`` (non-finite when any gradient is; the
+        guard then refuses the step). A zero gradient gives zero directions.
         """
         norm = tf.linalg.global_norm(grads)
-        finite = tf.math.is_finite(norm)
         sigma = ops.maximum(self.sigma(), self.sigma_floor)
-        safe_norm = tf.where(finite & (norm > 0), norm, tf.ones_like(norm))
-        scale = tf.where(finite & (norm > 0), sigma / safe_norm, tf.zeros_like(norm))
-        directions = [
-            tf.where(finite, g * ops.cast(scale, g.dtype), tf.zeros_like(g)) for g in grads
-        ]
-        return directions, finite
+        scale = tf.where(norm > 0, sigma / tf.where(norm > 0, norm, 1.0), 0.0)
+        return [g * ops.cast(scale, g.dtype) for g in grads], norm
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # Needs every gradient at once for the global norm, so it replaces the per-variable
-        # path: all-reduce across replicas (a no-op outside tf.distribute), normalize, then
-        # hand the directions to the distributed per-variable update.
+    def _global_update_step(self, grads, trainable_variables, learning_rate):
+        # Needs every gradient at once for the global norm, so it replaces Keras's
+        # per-variable path (installed as its all-gradients hook below): all-reduce across
+        # replicas (a no-op outside tf.distribute), normalize, then write through the
+        # package's non-finite guard.
         variables = [
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
         ]
-        reduced = self._all_reduce_sum_gradients(list(zip(grads, variables)))
-        directions, finite = self.step_directions([g for g, _ in reduced])
-        self.rejected_steps.assign_add(ops.cast(ops.logical_not(finite), "int64"))
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_tf_update_step,
-            self._distribution_strategy,
-            list(zip(directions, variables)),
-            learning_rate,
-        )
-
-    def update_step(self, gradient, variable, learning_rate):
-        """Moves ``variable`` by ``-learning_rate * gradient``; ``gradient`` is already a
-        normalized direction from :meth:`step_directions`."""
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        self.assign_sub(variable, ops.multiply(gradient, learning_rate))
+        reduced = compat.all_reduce_sum_gradients(self, list(zip(grads, variables)))
+        directions, norm = self.step_directions([g for g, _ in reduced])
+        new = [
+            v - d * ops.cast(learning_rate, v.dtype) for v, d in zip(variables, directions)
+        ]
+        length = ops.cast(learning_rate, "float32") * ops.maximum(self.sigma(), self.sigma_floor)
+        self.step_length.assign(tf.where(norm > 0, length, 0.0))
+        self.assign_if_finite(variables, new, checks=[norm])
 
     def get_config(self):
         config = super().get_config()
         config.update(bandwidth=self.get_bandwidth(), sigma_floor=self.sigma_floor)
         return config
+
+
+setattr(AnnealedStep, compat.BACKEND_UPDATE_STEP, AnnealedStep._global_update_step)
 
 
 class _SigmaSource:

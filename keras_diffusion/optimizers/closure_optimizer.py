@@ -7,14 +7,21 @@ A ``ClosureOptimizer`` instead receives a ``keras_diffusion.training.Closure`` f
 train step of ``keras_diffusion.Model``/``Sequential`` (or any model with
 ``keras_diffusion.ClosureTrainingMixin``) and updates the weights itself.
 
-Subclasses implement ``step(closure) -> loss`` and write weights only through
-``assign_if_finite``: an update containing NaN/Inf (or computed from a non-finite loss or
-curvature) is refused, the weights are kept, and ``rejected_steps`` counts the refusal (the
-train step logs it).
+Subclasses implement ``step(closure) -> loss``, keep what they adapt in variables created
+in ``build`` (``OptimizerStateMixin.add_state``/``add_diagnostic``) and write the weights
+only through ``assign_if_finite``: an update containing NaN/Inf (or computed from a
+non-finite loss or curvature) is refused, the weights are kept, and ``rejected_steps``
+counts the refusal (a diagnostic: the train step logs it).
+
+``curvature_fraction`` (Martens 2010, sec. 4.2: the curvature mini-batch is a fraction of
+the gradient mini-batch) is passed to the ``Closure`` the train step builds: its curvature
+products use that leading part of each replica's batch.
 """
 
 import keras
-import tensorflow as tf
+
+from keras_diffusion import validation
+from keras_diffusion.optimizers.state import OptimizerStateMixin, check_learning_rate
 
 _FIX = (
     "compile a keras_diffusion.Model / keras_diffusion.Sequential, or add "
@@ -31,27 +38,37 @@ _GRADIENT_OPTIONS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
-class ClosureOptimizer(keras.optimizers.Optimizer):
+class ClosureOptimizer(OptimizerStateMixin, keras.optimizers.Optimizer):
     """Optimizer driven by a closure instead of by gradients.
 
     Args:
-        learning_rate: scale of the step ``step`` computes (subclasses document its use).
+        learning_rate: scale of the step ``step`` computes (subclasses document its use);
+            a finite number > 0 or a schedule.
+        curvature_fraction: the fraction of each batch the curvature products use, in
+            ``(0, 1]`` (see ``Closure``).
         name: the optimizer's name.
         **kwargs: the other arguments of ``keras.optimizers.Optimizer``.
 
     Example:
     ```python
     class GradientDescent(ClosureOptimizer):
+        def build(self, var_list):
+            if self.built:
+                return
+            super().build(var_list)
+            self.gradient_norm = self.add_diagnostic("gradient_norm")
+
         def step(self, closure):
             loss, grads = closure.value_and_gradient()
             lr = tf.cast(self.learning_rate, loss.dtype)
             new = [p - lr * g for p, g in zip(closure.params, grads)]
+            self.gradient_norm.assign(tf.linalg.global_norm(grads))
             self.assign_if_finite(closure.variables, new, checks=[loss])
             return loss
     ```
     """
 
-    def __init__(self, learning_rate=1.0, name=None, **kwargs):
+    def __init__(self, learning_rate=1.0, curvature_fraction=1.0, name=None, **kwargs):
         unsupported = {
             k: v
             for k, v in kwargs.items()
@@ -63,18 +80,9 @@ class ClosureOptimizer(keras.optimizers.Optimizer):
                 f"{unsupported} (they act in apply_gradients, which closure optimizers do not "
                 "use). Remove them; add weight decay as a kernel_regularizer instead."
             )
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-
-    def build(self, var_list):
-        if self.built:
-            return
-        super().build(var_list)
-        self.rejected_steps = self.add_variable(
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            aggregation="only_first_replica",
-            name="rejected_steps",
+        super().__init__(learning_rate=check_learning_rate(learning_rate), name=name, **kwargs)
+        self.curvature_fraction = validation.fraction(
+            "curvature_fraction", curvature_fraction, "E.g. 0.25 (Martens 2010 sec. 4.2)."
         )
 
     def step(self, closure):
@@ -94,39 +102,6 @@ class ClosureOptimizer(keras.optimizers.Optimizer):
         self.iterations.assign_add(1)
         return loss
 
-    def assign_if_finite(self, variables, values, checks=()):
-        """Assign ``values`` to ``variables`` unless any of them or of ``checks`` is non-finite.
-
-        Args:
-            variables: the Keras variables to write (e.g. ``closure.variables``).
-            values: their new values, a list of tensors, replicated across replicas.
-            checks: further tensors (loss, curvature, step size) that must be finite.
-
-        Returns:
-            A boolean scalar tensor: whether the update was accepted. A refused update keeps
-            the weights and adds one to ``rejected_steps``.
-        """
-        values = [tf.convert_to_tensor(v) for v in values]
-        finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(t)) for t in list(values) + list(checks)]
-        )
-        self.rejected_steps.assign_add(tf.cast(tf.logical_not(finite), "int64"))
-        tf_vars = [v.value if isinstance(v, keras.Variable) else v for v in variables]
-
-        def update(var, value, accept):
-            return var.assign(tf.where(accept, tf.cast(value, var.dtype), var))
-
-        def merge_fn(distribution, tf_vars, values, accept):
-            for var, value in zip(tf_vars, values):
-                distribution.extended.update(
-                    var, update, args=(value, accept), group=False
-                )
-
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            merge_fn, self._distribution_strategy, tf_vars, values, finite
-        )
-        return finite
-
     def apply(self, grads, trainable_variables=None):
         raise TypeError(
             f"{type(self).__name__} is a closure optimizer: it needs the loss as a function "
@@ -139,3 +114,6 @@ class ClosureOptimizer(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         return self.apply(None)
+
+    def get_config(self):
+        return {**super().get_config(), "curvature_fraction": self.curvature_fraction}

@@ -1,15 +1,20 @@
 """``Model``/``Sequential`` whose ``train_step`` hands closure optimizers a ``Closure``.
 
 With an ordinary Keras optimizer the train step is ``keras.Model.train_step`` itself (same
-numbers, bit for bit). With a ``keras_diffusion.optimizers.ClosureOptimizer`` (Gauss-Newton,
-Hessian-free, ...; Pascanu 2014, thesis Sec. 4.3) it
+numbers, bit for bit), plus the optimizer's published diagnostics if it has any (e.g.
+``AnnealedStep``'s ``rejected_steps``). With a ``keras_diffusion.optimizers.ClosureOptimizer``
+(Gauss-Newton, Hessian-free, ...; Pascanu 2014, thesis Sec. 4.3) it
 
-1. binds the batch in a ``Closure`` (freezing the non-trainable state, see its docstring);
-2. runs the forward pass at the current weights as Keras does: it updates non-trainable
-   state (BatchNorm statistics, seed generators) and the loss tracker, once per step;
+1. binds the batch in a ``Closure`` (freezing the non-trainable state, see its docstring),
+   with the optimizer's ``curvature_fraction``;
+2. runs ``closure.forward_pass()``: the forward pass at the current weights as Keras does
+   (non-trainable state such as BatchNorm statistics and seed generators updated once per
+   step), recorded so that the optimizer's loss and gradient at the current weights reuse
+   it; its loss feeds the loss tracker;
 3. calls ``optimizer.minimize_closure(closure)``, which updates the weights;
 4. updates the compiled metrics with the predictions of step 2 (before the update, as Keras)
-   and adds ``rejected_steps`` (updates refused as non-finite, cumulative) to the logs.
+   and merges the optimizer's diagnostics (``keras_diffusion.optimizers.diagnostics``:
+   ``rejected_steps``, damping, CG iterations, ...) into the logs.
 
 Under a ``mixed_float16`` policy ``compile`` wraps the optimizer in a
 ``keras.optimizers.LossScaleOptimizer``; the train step calls the closure optimizer inside it
@@ -19,8 +24,9 @@ its gradients and products need no loss scaling.
 
 import keras
 import tensorflow as tf
-from keras.src.losses.loss import unscale_loss_for_distribution
 
+from keras_diffusion import compat
+from keras_diffusion.optimizers import diagnostics
 from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer
 from keras_diffusion.training.closure import Closure
 
@@ -44,37 +50,29 @@ class ClosureTrainingMixin:
     ```
     """
 
-    def make_closure(self, x, y=None, sample_weight=None):
+    def make_closure(self, x, y=None, sample_weight=None, curvature_fraction=1.0):
         """A ``Closure`` over the batch ``(x, y, sample_weight)`` at the current weights."""
-        return Closure(self, x, y, sample_weight)
+        return Closure(self, x, y, sample_weight, curvature_fraction=curvature_fraction)
 
     def train_step(self, data):
-        optimizer = self.optimizer
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            optimizer = optimizer.inner_optimizer  # see the module docstring
+        optimizer = diagnostics.unwrap(self.optimizer)  # see the module docstring
         if not isinstance(optimizer, ClosureOptimizer):
-            return super().train_step(data)
-        if not all(layer.built for layer in self._flatten_layers()):
+            logs = super().train_step(data)
+            return {**logs, **diagnostics.read(optimizer)}
+        if not all(layer.built for layer in compat.flatten_layers(self)):
             # A subclassed model traced without a strategy is still unbuilt here; the
             # closure needs its variables before the first forward pass.
-            self._symbolic_build(data_batch=data)
+            compat.symbolic_build(self, data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        closure = self.make_closure(x, y, sample_weight)
-        if self._call_has_training_arg:
-            y_pred = self(x, training=True)
-        else:
-            y_pred = self(x)
-        loss = self._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
+        closure = self.make_closure(x, y, sample_weight, optimizer.curvature_fraction)
+        y_pred, loss = closure.forward_pass()
         batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss), sample_weight=batch_size
+        compat.loss_tracker(self).update_state(
+            compat.unscale_loss_for_distribution(loss), sample_weight=batch_size
         )
         optimizer.minimize_closure(closure)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        logs["rejected_steps"] = tf.cast(optimizer.rejected_steps.value, "float32")
-        return logs
+        return {**logs, **diagnostics.read(optimizer)}
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")

@@ -364,3 +364,38 @@ def test_scalar_summary_metadata_marks_a_tensorboard_scalar(tmp_path):
     assert values[0].metadata.data_class == 1  # DATA_CLASS_SCALAR
     assert float(tf.make_ndarray(values[0].tensor)) == 0.5
 
+
+
+def test_in_object_sharing_scope_follows_keras_scope():
+    from keras.src.saving.serialization_lib import ObjectSharingScope
+
+    assert not compat.in_object_sharing_scope()
+    with ObjectSharingScope():
+        assert compat.in_object_sharing_scope(), (
+            "keras.src.saving.serialization_lib.ObjectSharingScope no longer sets the global "
+            "attribute compat.in_object_sharing_scope reads.")
+    assert not compat.in_object_sharing_scope()
+
+
+def test_autocast_scope_casts_float32_variables():
+    variable = keras.Variable(np.float32(0.1))
+    with compat.autocast_scope("float16"):
+        assert keras.ops.convert_to_tensor(variable).dtype == "float16"
+        with compat.autocast_scope("float32"):
+            assert keras.ops.convert_to_tensor(variable).dtype == "float32"
+    assert keras.ops.convert_to_tensor(variable).dtype == "float32"
+
+
+def test_set_initial_epoch_is_read_by_fit():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+
+    class Start(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            compat.set_initial_epoch(self.model, 2)
+
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[Start()])
+    assert history.epoch == [2], "Keras's fit no longer reads model._initial_epoch"
+    compat.set_initial_epoch(model, None)
+    assert model.fit(x, y, epochs=2, verbose=0).epoch == [0, 1]

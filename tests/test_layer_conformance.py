@@ -9,13 +9,10 @@ Shapes are tiny so that every configuration runs in about a second.
 """
 
 import keras
-import numpy as np
 import pytest
 from keras.src import testing
-from keras.src.saving.serialization_lib import ObjectSharingScope
 
 import keras_diffusion as kd
-from keras_diffusion import compat
 from keras_diffusion.layers import (
     DeepOutput,
     DeepTransitionRNN,
@@ -178,16 +175,3 @@ def test_keras_layer_harness(harness, name):
         expected_output_shape=output_shape,
         **extra,
     )
-
-
-def test_compat_entries_the_layers_use():
-    """Fails loudly if Keras moves the shared-object scope or the autocast scope."""
-    assert not compat.in_object_sharing_scope()
-    with ObjectSharingScope():
-        assert compat.in_object_sharing_scope()
-    assert not compat.in_object_sharing_scope()
-    variable = keras.Variable(np.float32(0.1))
-    with compat.autocast_scope("float16"):
-        assert keras.ops.convert_to_tensor(variable).dtype == "float16"
-        with compat.autocast_scope("float32"):
-            assert keras.ops.convert_to_tensor(variable).dtype == "float32"

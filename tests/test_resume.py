@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import keras_diffusion as kd
-from keras_diffusion import compat
 from keras_diffusion.callbacks import backup as backup_lib
 from keras_diffusion.callbacks import state as state_lib
 
@@ -298,20 +297,6 @@ def test_backup_and_restore_config_and_arguments(tmp_path):
         kd.callbacks.BackupAndRestore(tmp_path, save_freq="batch")
     with pytest.raises(ValueError, match="backup_dir"):
         kd.callbacks.BackupAndRestore("")
-
-
-def test_compat_set_initial_epoch_is_read_by_fit():
-    model = small_model()
-    x, y = data()
-
-    class Start(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            compat.set_initial_epoch(self.model, 2)
-
-    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[Start()])
-    assert history.epoch == [2]
-    compat.set_initial_epoch(model, None)
-    assert model.fit(x, y, epochs=2, verbose=0).epoch == [0, 1]
 
 
 def test_resume_under_mirrored_strategy(tmp_path, mirrored_strategy):

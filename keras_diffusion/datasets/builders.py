@@ -69,8 +69,11 @@ def custom_config(builder, base=None, **fields):
     names = [f.name for f in dataclasses.fields(config)]
     for key in fields:
         validation.one_of("config field", key, names)
+    fields = {k: v for k, v in fields.items() if v != getattr(config, k)}
+    if not fields:
+        return config
     suffix = "-".join(f"{k}{v}" for k, v in sorted(fields.items()))
-    return dataclasses.replace(config, name=f"{base}-{suffix}" if suffix else base, **fields)
+    return dataclasses.replace(config, name=f"{base}-{suffix}", **fields)
 
 
 def _info(builder, features, citation, supervised_keys=None, description=None, homepage=None):

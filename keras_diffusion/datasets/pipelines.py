@@ -8,11 +8,11 @@
 * :func:`image_pairs` -- images to float32 in ``[0, 1]``, optionally downscaled (the 10 x 10
   MNIST of Pascanu's thesis: ``size=(10, 10)``, area averaging) and flattened.
 * :func:`pathological_pairs` -- the stored symbol ids of ``pathological`` one-hot encoded.
-* :func:`batches` -- ``shard`` (``tf.distribute.InputContext``), ``cache``, ``shuffle``,
+* :func:`batches` -- ``shard`` (``tf.distribute.InputContext``), ``cache``, shuffle,
   ``batch``, ``prefetch``. A training pipeline repeats forever, one epoch after another;
-  epoch ``e`` is shuffled with the seed ``(seed, e)`` alone, so the order of an epoch is the
-  same in every run and after a restart at ``start_epoch=e`` (``start_step`` skips the
-  batches of a partly trained epoch). Fit it with ``steps_per_epoch`` of
+  epoch ``e`` is permuted by ``stateless_uniform(seed=(seed, e))`` alone, so the order of
+  an epoch is the same in every run and after a restart at ``start_epoch=e``
+  (``start_step`` skips the batches of a partly trained epoch). Fit it with ``steps_per_epoch`` of
   :func:`steps_per_epoch`.
 
 Example:
@@ -37,7 +37,6 @@ STAND_INS = {
     "cifar10": "sklearn_digits (small images, 10 classes)",
 }
 OWN = tuple(tfds.core.naming.camelcase_to_snakecase(b.__name__) for b in builders.BUILDERS)
-_EPOCH_SEED_STRIDE = 1_000_003
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -139,13 +138,32 @@ def steps_per_epoch(num_examples, batch_size, input_context=None, drop_remainder
     return steps
 
 
-def _shuffled_epoch(data, buffer_size, seed, epoch):
-    epoch_seed = tf.cast(seed, tf.int64) * _EPOCH_SEED_STRIDE + epoch
-    return data.shuffle(buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
+def _static(data):
+    return all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(data.element_spec))
+
+
+def _epochs(data, batch_size, seed, start_epoch, drop_remainder):
+    """Epochs ``start_epoch, start_epoch + 1, ...`` of ``data`` (held in memory), each in the
+    order ``argsort(stateless_uniform(seed=(seed, epoch)))``: independent of any global seed
+    and of how many epochs ran before."""
+    size = int(data.cardinality())
+    if size < 1:
+        raise ValueError(f"`data` must be finite with a known size, got cardinality {size}.")
+    elements = data.batch(size).get_single_element()
+
+    def epoch(index):
+        keys = tf.random.stateless_uniform([size], seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+        return order.batch(batch_size, drop_remainder=drop_remainder).map(
+            lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), elements)
+        )
+
+    return tf.data.Dataset.range(start_epoch, tf.int64.max).flat_map(epoch)
 
 
 def batches(data, batch_size, training=False, seed=0, start_epoch=0, start_step=0,
-            input_context=None, cache=True, shuffle_buffer=None, drop_remainder=False):
+            input_context=None, cache=True, drop_remainder=False,
+            same_length=False):
     """Batched pipeline of ``data``: shard, cache, (shuffle, repeat), batch, prefetch.
 
     Args:
@@ -159,10 +177,15 @@ def batches(data, batch_size, training=False, seed=0, start_epoch=0, start_step=
             with the order that a run from epoch 0 has there.
         input_context: a ``tf.distribute.InputContext``: this pipeline reads the shard
             ``input_pipeline_id`` of ``num_input_pipelines`` (by example).
-        cache: keep the examples in memory after the first pass.
-        shuffle_buffer: shuffle buffer (default: the whole shard, a uniform shuffle).
+        cache: keep the examples in memory after the first pass (a training pipeline of
+            fixed-shape examples holds them in memory anyway).
         drop_remainder: drop the last partial batch of each epoch (needed when replicas
             must see the same number of batches).
+        same_length: batch only inputs of equal length (``group_by_window``), for the
+            variable-length ``addition``/``multiplication`` tasks. Variable-shape examples
+            are shuffled by a seeded buffer reshuffled every epoch: their order repeats from
+            run to run, but ``start_epoch``/``start_step`` do not apply and batches may
+            cross epoch boundaries.
     """
     validation.positive_int("batch_size", batch_size)
     validation.integer("seed", seed)
@@ -173,20 +196,14 @@ def batches(data, batch_size, training=False, seed=0, start_epoch=0, start_step=
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     if cache:
         data = data.cache()
-    if training:
-        buffer_size = shuffle_buffer or int(data.cardinality())
-        if buffer_size < 1:
-            raise ValueError(
-                f"The number of examples of `data` is unknown ({buffer_size}): pass "
-                "shuffle_buffer (e.g. 10000)."
-            )
-        data = tf.data.Dataset.range(start_epoch, tf.int64.max).flat_map(
-            lambda epoch: _shuffled_epoch(data, buffer_size, seed, epoch).batch(
-                batch_size, drop_remainder=drop_remainder
-            )
-        ).skip(start_step)
+    if training and _static(data):
+        data = _epochs(data, batch_size, seed, start_epoch, drop_remainder).skip(start_step)
+    elif training:  # variable shapes: a seeded shuffle buffer, reshuffled every epoch
+        size = int(data.cardinality())
+        data = data.shuffle(max(size, 1), seed=seed, reshuffle_each_iteration=True).repeat()
+        data = _batch(data, batch_size, drop_remainder, same_length)
     else:
-        data = data.batch(batch_size, drop_remainder=drop_remainder)
+        data = _batch(data, batch_size, drop_remainder, same_length)
     options = tf.data.Options()
     options.deterministic = True
     return data.prefetch(tf.data.AUTOTUNE).with_options(options)

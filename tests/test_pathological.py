@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models import pathological as pt
+from keras_diffusion.datasets import pathological as pt
 
 
 def _ids(x):

@@ -104,13 +104,13 @@ def image_pairs(data, size=None, flatten=False):
             image = tf.reshape(image, [-1])
         return image, label
 
-    return data.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return data.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def autoencoder_pairs(data, flatten=True):
     """``{"image": ...}`` elements as ``(x, x)`` pairs, ``x`` float32 in ``[0, 1]`` (CURVES)."""
-    images = data.map(lambda e: (e["image"], 0), deterministic=True)
-    return image_pairs(images, flatten=flatten).map(lambda x, _: (x, x), deterministic=True)
+    images = data.map(lambda e: (e["image"], 0))
+    return image_pairs(images, flatten=flatten).map(lambda x, _: (x, x))
 
 
 def pathological_pairs(data, task):
@@ -118,7 +118,7 @@ def pathological_pairs(data, task):
     ``PathologicalTask``); regression inputs pass unchanged."""
     if task.regression:
         return data
-    return data.map(lambda x, y: (tf.one_hot(x, task.input_dim), y), deterministic=True)
+    return data.map(lambda x, y: (tf.one_hot(x, task.input_dim), y))
 
 
 def steps_per_epoch(num_examples, batch_size, input_context=None, drop_remainder=False):
@@ -159,6 +159,16 @@ def _epochs(data, batch_size, seed, start_epoch, drop_remainder):
         )
 
     return tf.data.Dataset.range(start_epoch, tf.int64.max).flat_map(epoch)
+
+
+def _batch(data, batch_size, drop_remainder, same_length):
+    if not same_length:
+        return data.batch(batch_size, drop_remainder=drop_remainder)
+    return data.group_by_window(
+        key_func=lambda x, y: tf.cast(tf.shape(x)[0], tf.int64),
+        reduce_func=lambda _, window: window.batch(batch_size, drop_remainder=drop_remainder),
+        window_size=batch_size,
+    )
 
 
 def batches(data, batch_size, training=False, seed=0, start_epoch=0, start_step=0,

@@ -169,7 +169,7 @@ class RunConfig:
             validation.positive_int(name, getattr(self, name))
         validation.integer("curvature_every", self.curvature_every)
         validation.positive("target_error", self.target_error)
-        self.task_config()
+        self.task_config().dataset_config()  # checks the length of the sequence tasks
         self.model_config()
 
     def task_config(self):
@@ -197,8 +197,6 @@ def load_task(task_config):
 
 def check_run(run, spec):
     """Errors a run would meet, raised before any training (task, model and method)."""
-    task_config = run.task_config()
-    task_config.dataset_config()  # checks the length of the sequence tasks
     pathological = keras_diffusion.datasets.pathological
     steps = 1
     if run.task in pathological.TASKS:
@@ -288,14 +286,14 @@ def _logged_errors(path, key):
         return [float(row[key]) for row in csv.DictReader(f)]
 
 
-def train_method(run, spec, split="test", run_dir=None, resume=False):
+def train_method(run, spec, split="test", run_dir=None, resume=False, callbacks=()):
     """Trains one run; returns its per-epoch error on ``split`` as a numpy array.
 
     Training uses the training split (its first part when ``run.validation_fraction > 0``,
     then ``split="validation"`` measures the error for hyperparameter search). With
     ``run_dir`` it writes TensorBoard logs, ``history.csv``, ``model.keras`` and a backup
     there; ``resume`` continues from the backup (the returned curve then covers all epochs,
-    read back from ``history.csv``).
+    read back from ``history.csv``). ``callbacks`` run after the script's own.
     """
     check_run(run, spec)
     keras.utils.set_random_seed(run.seed)
@@ -303,7 +301,7 @@ def train_method(run, spec, split="test", run_dir=None, resume=False):
     strategy = STRATEGIES[run.strategy]()
     distributed = run.strategy != "default"
     steps = pipelines.steps_per_epoch(task.num_train, run.batch_size, drop_remainder=distributed)
-    callbacks, start_epoch = [], 0
+    extra, start_epoch = list(callbacks), 0
     if run_dir is not None:
         backup = os.path.join(run_dir, "backup")
         if not resume:
@@ -331,6 +329,7 @@ def train_method(run, spec, split="test", run_dir=None, resume=False):
             keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
             BackupAndRestore(backup),
         ]
+    callbacks += extra
     model.fit(data, epochs=run.epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=run.verbose, shuffle=False)  # the pipeline shuffles, seeded per epoch
     if run_dir is None:

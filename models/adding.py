@@ -1,4 +1,4 @@
-"""The adding problem of Mobahi (2016), sec. 7, for the experiments: ``keras_diffusion.datasets.adding``.
+"""The adding problem of Mobahi (2016), sec. 7: ``keras_diffusion.datasets.adding``.
 
 The generators moved into the library so that its TFDS builder (``adding_problem``) can use
 them; this module keeps the experiments' import path.

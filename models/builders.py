@@ -19,7 +19,7 @@ network (sigma = 0), whatever sigma training has reached.
 
 Example:
 
->>> task = models.adding.mobahi_adding_task(seed=0)
+>>> task = keras_diffusion.datasets.adding.mobahi_adding_task(seed=0)
 >>> model = build_adding_rnn("diffusion", sigma=1.0, penalty=0.1, seed=0)
 >>> model.compile(keras.optimizers.SGD(0.1), loss=keras_diffusion.losses.SequenceSquaredError())
 >>> schedule = keras_diffusion.callbacks.LinearSigma(1.0, duration=20)
@@ -73,7 +73,8 @@ def build_adding_rnn(
             logits, of a classification task).
 
     Returns:
-        A ``keras.Model`` mapping ``(batch, T, input_dim)`` to ``(batch, num_outputs)``; its bandwidth is
+        A ``keras.Model`` mapping ``(batch, T, input_dim)`` to ``(batch, num_outputs)``; its
+        bandwidth is
         ``keras_diffusion.bandwidths(model)[0]`` (set it with ``keras_diffusion.set_sigma``).
     """
     if method not in METHODS:

@@ -1,4 +1,4 @@
-"""Pascanu's pathological tasks (thesis sec. 5.9) for the experiments: ``keras_diffusion.datasets.pathological``.
+"""Pascanu's pathological tasks (thesis sec. 5.9): ``keras_diffusion.datasets.pathological``.
 
 The generators moved into the library so that its TFDS builder (``pathological_task``) can
 use them; this module keeps the experiments' import path.

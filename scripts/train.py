@@ -232,7 +232,8 @@ class ErrorCurve(keras.callbacks.Callback):
             self._forward = tf.function(lambda x: model(x, training=False))
         with builders.undiffused(self.model):
             predictions = [self._forward(x).numpy() for x, _ in self.arrays]
-        return self.error_fn(np.concatenate(predictions), np.concatenate([y for _, y in self.arrays]))
+        targets = np.concatenate([y for _, y in self.arrays])
+        return self.error_fn(np.concatenate(predictions), targets)
 
     def on_epoch_end(self, epoch, logs=None):
         error = self.error()
@@ -315,8 +316,12 @@ def train_method(run, spec, split="test", run_dir=None, resume=False, callbacks=
     )
     with strategy.scope():
         model = build_model(run, spec, task, steps)
-    data = (strategy.distribute_datasets_from_function(lambda context: batches(input_context=context))
-            if distributed else batches())
+    if distributed:
+        data = strategy.distribute_datasets_from_function(
+            lambda context: batches(input_context=context)
+        )
+    else:
+        data = batches()
     curve = ErrorCurve(task.arrays[split], task.error, key=f"{split}_error",
                        stop_at=run.target_error if run.stop_at_target else None)
     callbacks = [c for c in (spec.sigma_callback(), curve) if c is not None]

@@ -1,4 +1,4 @@
-"""Tests for models/pathological.py: data statistics checked independently in numpy."""
+"""keras_diffusion/datasets/pathological.py: data statistics checked independently in numpy."""
 
 import numpy as np
 import pytest

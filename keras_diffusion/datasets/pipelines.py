@@ -5,6 +5,7 @@
   set (``mnist``, ``fashion_mnist``, ``cifar10``, ...) must be in ``data_dir`` already or be
   downloadable, otherwise :class:`DatasetNotFoundError` says how to get it and which offline
   data set of this package stands in for it.
+* :func:`char_corpus` -- the ``char_corpus`` text as a ``text.CharCorpus``.
 * :func:`image_pairs` -- images to float32 in ``[0, 1]``, optionally downscaled (the 10 x 10
   MNIST of Pascanu's thesis: ``size=(10, 10)``, area averaging) and flattened.
 * :func:`pathological_pairs` -- the stored symbol ids of ``pathological`` one-hot encoded.
@@ -28,7 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_diffusion import validation
-from keras_diffusion.datasets import builders
+from keras_diffusion.datasets import builders, text
 
 # Offline data sets of this package that stand in for real ones missing from data_dir.
 STAND_INS = {
@@ -57,7 +58,8 @@ def _missing(name, data_dir, cause):
     )
 
 
-def load(name, split, data_dir=None, download=False, config=None, as_supervised=True):
+def load(name, split, data_dir=None, download=False, config=None, as_supervised=True,
+         manual_dir=None):
     """``tfds.load`` of one split, generated locally for the package's own data sets.
 
     Args:
@@ -69,6 +71,7 @@ def load(name, split, data_dir=None, download=False, config=None, as_supervised=
             default: without network TFDS retries each file for minutes).
         config: a ``tfds.core.BuilderConfig`` (``builders.custom_config``) for ``name``.
         as_supervised: ``(input, target)`` pairs where the data set defines them.
+        manual_dir: directory of manually downloaded files (``char_corpus/ptb``).
 
     Raises:
         DatasetNotFoundError: a real data set is missing and cannot be downloaded (or
@@ -81,13 +84,29 @@ def load(name, split, data_dir=None, download=False, config=None, as_supervised=
         if base not in OWN and not download:
             raise _missing(name, data_dir, RuntimeError("download=False"))
         try:
-            builder.download_and_prepare()
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
         except Exception as error:  # network, DNS, checksum: all mean "not available here"
             if base in OWN:
                 raise
             raise _missing(name, data_dir, error) from error
     supervised = as_supervised and builder.info.supervised_keys is not None
     return builder.as_dataset(split=split, as_supervised=supervised, shuffle_files=False)
+
+
+def char_corpus(config="hamlet", data_dir=None, manual_dir=None):
+    """The ``char_corpus`` data set as a ``text.CharCorpus`` (``valid`` = ``validation``).
+
+    ``config``: ``"hamlet"`` (bundled) or ``"ptb"`` (``manual_dir`` holding
+    ``ptb.char.{train,valid,test}.txt``).
+    """
+    validation.one_of("config", config, ("hamlet", "ptb"))
+    parts = []
+    for split in ("train", "validation", "test"):
+        data = load(f"char_corpus/{config}", split, data_dir=data_dir, manual_dir=manual_dir)
+        parts.append(data.get_single_element()["text"].numpy().decode())
+    return text.CharCorpus(*parts)
 
 
 def image_pairs(data, size=None, flatten=False):
@@ -152,7 +171,8 @@ def _epochs(data, batch_size, seed, start_epoch, drop_remainder):
     elements = data.batch(size).get_single_element()
 
     def epoch(index):
-        keys = tf.random.stateless_uniform([size], seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        pair = tf.stack([tf.constant(seed, tf.int64), index])
+        keys = tf.random.stateless_uniform([size], seed=pair)
         order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
         return order.batch(batch_size, drop_remainder=drop_remainder).map(
             lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), elements)

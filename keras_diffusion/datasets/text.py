@@ -4,8 +4,8 @@ Pascanu's thesis, ch. 6 (Table 6.3), reports bits-per-character (BPC) on charact
 Penn Treebank: the mean next-symbol cross-entropy in bits,
 ``BPC = mean(-log p(u_t | u_<t)) / ln 2``. The same pipeline serves two corpora:
 
-* the bundled offline corpus ``keras_diffusion/datasets/data/hamlet.txt`` (Shakespeare's *Hamlet*, public
-  domain; see ``data/SOURCE.md`` beside this module), split contiguously 90/5/5 into train/valid/test;
+* the bundled offline corpus ``data/hamlet.txt`` beside this module (Shakespeare's *Hamlet*,
+  public domain; see ``data/SOURCE.md``), split contiguously 90/5/5 into train/valid/test;
 * character-level Penn Treebank in its standard files ``ptb.char.{train,valid,test}.txt``
   (Mikolov et al. 2012 format: one sentence per line, symbols separated by spaces, ``_``
   between words). TFDS has no Penn Treebank builder, so PTB is read from a local directory.

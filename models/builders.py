@@ -74,8 +74,7 @@ def build_adding_rnn(
 
     Returns:
         A ``keras.Model`` mapping ``(batch, T, input_dim)`` to ``(batch, num_outputs)``; its
-        bandwidth is
-        ``keras_diffusion.bandwidths(model)[0]`` (set it with ``keras_diffusion.set_sigma``).
+        bandwidth is ``keras_diffusion.bandwidths(model)[0]`` (set it with ``keras_diffusion.set_sigma``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")

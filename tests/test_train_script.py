@@ -4,6 +4,9 @@ the TensorBoard logs read back, resume after a kill, and the flag checks."""
 import glob
 import json
 import os
+import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -214,3 +217,45 @@ def test_classification_error_is_the_sequence_error_rate():
 def test_bad_configs_name_the_value(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+CONFIGS = os.path.join(script_runner.ROOT, "scripts", "configs")
+REPRODUCTIONS = {"figure6.cfg": "reproduce_mobahi_figure6",
+                 "figure5_11.cfg": "reproduce_pascanu_figure5_11",
+                 "table6_3.cfg": "reproduce_pascanu_table6_3"}
+# Parses every train.py flag file and validates the runs it describes (no training).
+_CHECK_CONFIGS = """
+import glob, os, sys
+sys.path.insert(0, {root!r})
+from absl import flags
+from scripts import train
+train.define_flags()
+for path in sorted(glob.glob(os.path.join({configs!r}, "*.cfg"))):
+    if os.path.basename(path) in {reproductions!r}:
+        continue
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train.py", "--flagfile=" + path])
+    run, specs = train.configs_from_flags()
+    print(os.path.basename(path), run.task, run.model, train.run_names(specs))
+"""
+
+
+def test_every_flag_file_names_known_flags_and_valid_runs():
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK_CONFIGS.format(
+            root=script_runner.ROOT, configs=CONFIGS, reproductions=sorted(REPRODUCTIONS))],
+        cwd=script_runner.ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "mobahi_sec7.cfg adding diffused_rnn ['diffusion', 'sgd']" in lines
+    assert "curves_gauss_newton.cfg curves mlp ['sgd', 'gauss_newton']" in lines
+    assert "mobahi_annealed.cfg adding diffused_rnn ['sgd', 'annealed']" in lines
+    assert len(lines) == 8
+    # The reproduction scripts' flag files: every flag is one their script defines.
+    for config, script in REPRODUCTIONS.items():
+        with open(os.path.join(script_runner.ROOT, "scripts", f"{script}.py")) as f:
+            defined = set(re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', f.read()))
+        with open(os.path.join(CONFIGS, config)) as f:
+            used = {line[2:].split("=")[0] for line in f if line.startswith("--")}
+        assert used and used <= defined, used - defined

@@ -44,6 +44,7 @@ from absl import app, flags
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -287,20 +288,22 @@ def _logged_errors(path, key):
         return [float(row[key]) for row in csv.DictReader(f)]
 
 
-def train_method(run, spec, split="test", run_dir=None, resume=False, callbacks=()):
+def train_method(run, spec, split="test", run_dir=None, resume=False, callbacks=(),
+                 strategy=None):
     """Trains one run; returns its per-epoch error on ``split`` as a numpy array.
 
     Training uses the training split (its first part when ``run.validation_fraction > 0``,
     then ``split="validation"`` measures the error for hyperparameter search). With
     ``run_dir`` it writes TensorBoard logs, ``history.csv``, ``model.keras`` and a backup
     there; ``resume`` continues from the backup (the returned curve then covers all epochs,
-    read back from ``history.csv``). ``callbacks`` run after the script's own.
+    read back from ``history.csv``). ``callbacks`` run after the script's own; ``strategy``
+    (a ``tf.distribute.Strategy``) replaces the one ``run.strategy`` names.
     """
     check_run(run, spec)
     keras.utils.set_random_seed(run.seed)
     task = run.make_task()
-    strategy = STRATEGIES[run.strategy]()
-    distributed = run.strategy != "default"
+    strategy = strategy or STRATEGIES[run.strategy]()
+    distributed = strategy.num_replicas_in_sync > 1 or run.strategy != "default"
     steps = pipelines.steps_per_epoch(task.num_train, run.batch_size, drop_remainder=distributed)
     extra, start_epoch = list(callbacks), 0
     if run_dir is not None:
@@ -548,6 +551,7 @@ def configs_from_flags():
 
 def main(argv):
     del argv
+    tfds.disable_progress_bar()  # data sets are generated on first use: keep the log readable
     try:
         run, specs = configs_from_flags()
     except ValueError as error:

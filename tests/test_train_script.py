@@ -81,7 +81,7 @@ def test_optimizer_comparison_on_digits_one_table_one_plot(tmp_path):
     keras_diffusion.Model) on the sklearn digits, with the rejected-steps diagnostic."""
     run = train.RunConfig(task="digits", model="mlp", hidden=(32,), activation="relu",
                           epochs=2, batch_size=256, target_error=0.5, verbose=0,
-                          data_dir=str(tmp_path / "tfds"))
+                          curvature_every=2, data_dir=str(tmp_path / "tfds"))
     specs = [train.MethodSpec("sgd", learning_rate=None, optimizer=name, damping=0.1,
                               cg_max_iterations=10) for name in ("sgd", "gauss_newton")]
     assert train.run_names(specs) == ["sgd", "gauss_newton"]
@@ -96,6 +96,8 @@ def test_optimizer_comparison_on_digits_one_table_one_plot(tmp_path):
     logged = scalars(tmp_path / "out" / "gauss_newton" / "logs")
     assert logged["epoch_rejected_steps"] == [0.0, 0.0]
     assert len(logged["epoch_accuracy"]) == 2
+    assert len(logged["epoch_curvature/hessian_max"]) == 1  # every 2nd epoch
+    assert logged["epoch_curvature/hessian_max"][0] >= logged["epoch_curvature/hessian_min"][0]
     model = keras.models.load_model(tmp_path / "out" / "gauss_newton" / "model.keras")
     assert isinstance(model, keras_diffusion.Model)
     assert (tmp_path / "out" / "summary.txt").read_text().count("| gauss_newton |") == 1
@@ -125,6 +127,16 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run(tmp_path):
     resumed = train.train_method(run, spec, run_dir=str(tmp_path / "killed"), resume=True)
     assert resumed.shape == (3,)
     np.testing.assert_allclose(resumed, straight, rtol=1e-5)
+
+
+def test_mirrored_run_equals_the_single_device_run(tmp_path, mirrored_strategy):
+    """2 replicas of 25 sequences each step: the same global batches and updates as one
+    device (the replica gradients are summed), so the same error curve."""
+    run = train.RunConfig(data_dir=str(tmp_path), **TINY_ADDING)
+    spec = train.MethodSpec("sgd", learning_rate=0.1)
+    single = train.train_method(run, spec)
+    mirrored = train.train_method(run, spec, strategy=mirrored_strategy)
+    np.testing.assert_allclose(mirrored, single, rtol=1e-4)
 
 
 def test_bad_flag_is_reported():

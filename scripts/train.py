@@ -245,8 +245,13 @@ class ErrorCurve(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def build_model(run, spec, task, steps_per_epoch=1):
-    """The compiled model of ``spec`` for ``task`` (build it in the strategy's scope)."""
+def build_model(run, spec, task, steps_per_epoch=1, distributed=False):
+    """The compiled model of ``spec`` for ``task`` (build it in the strategy's scope).
+
+    ``distributed``: compiled for several replicas, where neither XLA (``jit_compile``) nor
+    several steps per execution run with a distributed dataset (TF 2.21 / Keras 3.15:
+    "You must feed a value for placeholder tensor").
+    """
     model = networks.build(run.model_config(), task, spec.method, spec.sigma0, spec.penalty)
     optimizer = optimizers.make(spec.optimizer, spec.hyperparameters(), model)
     closure = optimizers.needs_closure(optimizer)
@@ -257,8 +262,8 @@ def build_model(run, spec, task, steps_per_epoch=1):
         optimizer=optimizer,
         loss=task.loss(),
         metrics=["accuracy"] if task.kind == "classification" else None,
-        jit_compile=not closure,
-        steps_per_execution=steps_per_epoch,
+        jit_compile=not (closure or distributed),
+        steps_per_execution=1 if distributed else steps_per_epoch,
     )
     return model
 
@@ -318,7 +323,7 @@ def train_method(run, spec, split="test", run_dir=None, resume=False, callbacks=
         same_length=task.config.name in ("addition", "multiplication"),
     )
     with strategy.scope():
-        model = build_model(run, spec, task, steps)
+        model = build_model(run, spec, task, steps, distributed)
     if distributed:
         data = strategy.distribute_datasets_from_function(
             lambda context: batches(input_context=context)

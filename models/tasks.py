@@ -87,6 +87,10 @@ class TaskConfig:
             for size in self.image_size:
                 validation.positive_int("image_size entry", size)
 
+    def pathological_task(self):
+        """The ``PathologicalTask`` of a pathological task name (default length 50)."""
+        return pathological.PathologicalTask(self.name, self.length or 50)
+
     def dataset_config(self):
         """``(tfds name, BuilderConfig or None)`` of this task."""
         sizes = {k: getattr(self, k) for k in ("num_train", "num_test") if getattr(self, k)}
@@ -100,8 +104,7 @@ class TaskConfig:
                 builders.AddingProblem, base, length=length, seed=self.seed, **sizes
             )
         if self.name in pathological.TASKS:
-            length = self.length or 50
-            pathological.PathologicalTask(self.name, length)  # checks the length
+            length = self.pathological_task().length  # checks the length
             return "pathological", builders.custom_config(
                 builders.Pathological, f"{self.name}_50", length=length, seed=self.seed, **sizes
             )
@@ -175,8 +178,7 @@ def _numpy(data):
 def _pairs(config, data):
     """The ``(x, y)`` pairs of a loaded split, preprocessed for the task."""
     if config.name in pathological.TASKS:
-        task = pathological.PathologicalTask(config.name, config.length or 50)
-        return pipelines.pathological_pairs(data, task)
+        return pipelines.pathological_pairs(data, config.pathological_task())
     if config.name == "curves":
         return pipelines.autoencoder_pairs(data)
     if config.name in IMAGE_TASKS and config.name != "mnist1d":
@@ -202,7 +204,7 @@ def make_task(config):
         arrays["validation"] = _numpy(_pairs(config, validation_data))
     x_test = arrays["test"][0][0]
     if config.name in pathological.TASKS:
-        task = pathological.PathologicalTask(config.name, config.length or 50)
+        task = config.pathological_task()
         kind = "regression" if task.regression else "classification"
         shape, outputs, steps = (None, task.input_dim), task.num_outputs, task.target_steps
     elif config.name == "curves":

@@ -199,9 +199,8 @@ def load_task(task_config):
 def check_run(run, spec):
     """Errors a run would meet, raised before any training (task, model and method)."""
     pathological = keras_diffusion.datasets.pathological
-    steps = 1
-    if run.task in pathological.TASKS:
-        steps = pathological.PathologicalTask(run.task, run.length or 50).target_steps
+    task_config = run.task_config()
+    steps = task_config.pathological_task().target_steps if run.task in pathological.TASKS else 1
     sequence = run.task in ("adding", "long_adding") + pathological.TASKS
     networks.check_compatible(run.model_config(), run.task, sequence, steps)
     if spec.method == "diffusion" and run.model not in networks.DIFFUSED:

@@ -37,7 +37,7 @@ STAND_INS = {
     "fashion_mnist": "sklearn_digits (8 x 8 images, 10 classes) or mnist1d",
     "cifar10": "sklearn_digits (small images, 10 classes)",
 }
-OWN = tuple(tfds.core.naming.camelcase_to_snakecase(b.__name__) for b in builders.BUILDERS)
+OWN = tuple(builder.name for builder in builders.BUILDERS)  # generated here, never downloaded
 
 
 class DatasetNotFoundError(FileNotFoundError):

@@ -18,12 +18,22 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_diffusion", "keras_diffusion.*"]),
+    # The bundled corpus of the char_corpus data set (keras_diffusion/datasets/data).
+    package_data={"keras_diffusion.datasets": ["data/*.txt", "data/*.md"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<3.16",
         "numpy",
         "absl-py",
         "matplotlib",
+        # keras_diffusion.datasets: TFDS builders (importlib_resources: TFDS needs it to
+        # prepare a data set but does not declare it), scikit-learn digits, MNIST-1D.
+        "tensorflow-datasets>=4.9",
+        "importlib_resources",
+        "scikit-learn",
+        "mnist1d",
+        # scripts/train.py writes TensorBoard logs; the package reads them back in tests.
+        "tensorboard",
     ],
     extras_require={
         # setuptools and wheel: tests/test_packaging.py builds the wheel without isolation.

@@ -19,7 +19,7 @@ network (sigma = 0), whatever sigma training has reached.
 
 Example:
 
->>> task = models.adding.mobahi_adding_task(seed=0)
+>>> task = keras_diffusion.datasets.adding.mobahi_adding_task(seed=0)
 >>> model = build_adding_rnn("diffusion", sigma=1.0, penalty=0.1, seed=0)
 >>> model.compile(keras.optimizers.SGD(0.1), loss=keras_diffusion.losses.SequenceSquaredError())
 >>> schedule = keras_diffusion.callbacks.LinearSigma(1.0, duration=20)
@@ -48,6 +48,8 @@ def build_adding_rnn(
     slope=1.0,
     length=None,
     seed=0,
+    input_dim=2,
+    num_outputs=1,
 ):
     """The adding-task RNN of Mobahi 2016, sec. 7 (uncompiled).
 
@@ -66,17 +68,20 @@ def build_adding_rnn(
             output activation has slope 1.
         length: sequence length, or ``None`` for any length.
         seed: integer seed of the initial weights.
+        input_dim: channels per step (2 for the adding task).
+        num_outputs: outputs read at the final step (1 for the adding task; the classes, as
+            logits, of a classification task).
 
     Returns:
-        A ``keras.Model`` mapping ``(batch, T, 2)`` to ``(batch, 1)``; its bandwidth is
-        ``keras_diffusion.bandwidths(model)[0]`` (set it with ``keras_diffusion.set_sigma``).
+        A ``keras.Model`` mapping ``(batch, T, input_dim)`` to ``(batch, num_outputs)``; its
+        bandwidth is ``keras_diffusion.bandwidths(model)[0]`` (set it with ``keras_diffusion.set_sigma``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if method == "sgd":
         sigma, penalty = 0.0, 0.0
     bandwidth = keras_diffusion.Bandwidth(sigma, name="sigma")
-    inputs = keras.Input((length, 2), name="sequences")
+    inputs = keras.Input((length, input_dim), name="sequences")
     cell = DiffusedRNNCell(
         units,
         activation,
@@ -88,7 +93,7 @@ def build_adding_rnn(
     )
     moments = DiffusedRNN(cell, name="rnn")(inputs)
     outputs = DiffusedOutput(
-        1,
+        num_outputs,
         output_activation,
         bandwidth=bandwidth,
         penalty=penalty,

@@ -19,7 +19,7 @@
 
 Example:
 
->>> from models import pathological
+>>> from keras_diffusion.datasets import pathological
 >>> task = pathological.PathologicalTask("temporal_order", 50)
 >>> net = pathological_rnn(task, units=50, init="basic_tanh", seed=0)
 >>> widths = char_lm_units("dots", budget=20000, vocab_size=60)
@@ -59,7 +59,7 @@ def _normal(stddev, seed):
 
 
 def pathological_rnn(task, units=50, init="basic_tanh", seed=0):
-    """The sec. 5.9.1 RNN for a ``models.pathological.PathologicalTask``.
+    """The sec. 5.9.1 RNN for a ``keras_diffusion.datasets.pathological.PathologicalTask``.
 
     Returns a Keras model mapping ``(batch, T, task.input_dim)`` to
     ``(batch, task.target_steps, task.num_outputs)`` (logits, or the regression output).

@@ -7,6 +7,9 @@ reach a test error of about 0.02 while diffusion needs about 20.
 
 This script, for every batch size:
 
+The data are the TFDS data set ``adding_problem`` (``keras_diffusion.datasets``), one
+configuration per seed, generated into ``--data_dir`` before training.
+
 1. Searches the hyperparameters of both methods with the SAME procedure: ``--search_trials``
    random trials per method, each trained on 80% of the training sequences for
    ``--search_seeds`` seeds (``--search_seed``, ``--search_seed + 1``, ...: none is a final
@@ -67,6 +70,7 @@ flags.DEFINE_float("validation_fraction", 0.2, "Share of training sequences used
 flags.DEFINE_float("target_error", 0.02, "The test error of sec. 7.")
 flags.DEFINE_integer("workers", 1, "Parallel training processes.")
 flags.DEFINE_string("output_dir", "/tmp/keras_diffusion_figure6", "Where results are written.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory of the adding_problem data sets.")
 
 QUICK = dict(
     batch_sizes=[50], seeds=2, epochs=3, search_trials=1, search_seeds=1, search_epochs=2,
@@ -86,6 +90,7 @@ class Settings:
     target_error: float
     workers: int
     search_seeds: int = 1
+    data_dir: str = None
 
     def __post_init__(self):
         if not self.batch_sizes:
@@ -147,6 +152,9 @@ def _init_worker():
 
 
 def run_all(jobs, workers):
+    # Generate each run's adding_problem data set once, here, before workers read it.
+    for run in {run for run, _, _ in jobs}:
+        train.load_task(run.task_config())
     if workers == 1:
         return [_run(job) for job in jobs]
     context = multiprocessing.get_context("spawn")
@@ -184,6 +192,7 @@ def reproduce(settings):
                 target_error=settings.target_error,
                 stop_at_target=True,
                 validation_fraction=settings.validation_fraction,
+                data_dir=settings.data_dir,
                 verbose=0,
             )
             for i in range(settings.search_seeds)
@@ -217,6 +226,7 @@ def reproduce(settings):
                 seed=seed,
                 target_error=settings.target_error,
                 stop_at_target=True,
+                data_dir=settings.data_dir,
                 verbose=0,
             )
             final_jobs.append((batch_size, method, run, spec))
@@ -313,6 +323,7 @@ def settings_from_flags():
         target_error=values["target_error"],
         workers=FLAGS.workers,
         search_seeds=values["search_seeds"],
+        data_dir=FLAGS.data_dir,
     )
 
 

@@ -4,8 +4,9 @@ The thesis (ch. 6, secs. 6.4.1-6.4.3) trains the four models on character-level 
 and reports test bits-per-character (RNN 1.414, DT(S)-RNN 1.409, DOT(S)-RNN 1.386, sRNN
 1.412) with about 0.4-0.5M parameters each. This script trains the same four architectures
 at a common parameter budget (``--budget``) on the bundled offline corpus (Shakespeare's
-*Hamlet*, 90/5/5 contiguous split; see models/data/SOURCE.md) or on PTB files
-(``--corpus=ptb --ptb_dir=DIR`` with ptb.char.{train,valid,test}.txt), with truncated BPTT
+*Hamlet*, 90/5/5 contiguous split; see keras_diffusion/datasets/data/SOURCE.md) or on PTB files
+(``--corpus=ptb --ptb_dir=DIR`` with ptb.char.{train,valid,test}.txt), both read through the
+TFDS data set ``char_corpus`` (``keras_diffusion.datasets``), with truncated BPTT
 windows whose hidden state is carried over (stateful), gradient-norm clipping, the
 learning rate halved whenever the validation BPC does not decrease (sec. 6.4.2), and the
 best-validation weights evaluated on the test split.
@@ -32,6 +33,7 @@ import tensorflow as tf
 if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_diffusion.datasets import pipelines  # noqa: E402
 from models import rnn_builders, text  # noqa: E402
 from scripts import reporting  # noqa: E402
 
@@ -39,6 +41,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny CI run: small budget, a few steps, short evaluation.")
 flags.DEFINE_enum("corpus", "bundled", ["bundled", "ptb"], "Bundled Hamlet text or PTB files.")
 flags.DEFINE_string("ptb_dir", None, "Directory with ptb.char.{train,valid,test}.txt.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory of the char_corpus data set.")
 flags.DEFINE_list("kinds", list(rnn_builders.CHAR_LM_KINDS), "Models to train.")
 flags.DEFINE_integer("budget", 25000, "Target parameter count of every model.")
 flags.DEFINE_integer("epochs", 20, "Training epochs.")
@@ -149,14 +152,13 @@ def run():
             raise app.UsageError(
                 f"--kinds entries must be in {rnn_builders.CHAR_LM_KINDS}, got {kind!r}."
             )
-    if FLAGS.corpus == "ptb":
-        if not FLAGS.ptb_dir:
-            raise app.UsageError("--corpus=ptb needs --ptb_dir (ptb.char.*.txt files).")
-        corpus = text.CharCorpus.from_ptb_char(FLAGS.ptb_dir)
-        source = f"PTB char files in {FLAGS.ptb_dir}"
-    else:
-        corpus = text.CharCorpus.from_text(text.load_bundled_text())
-        source = "bundled Hamlet (models/data/hamlet.txt), 90/5/5 contiguous split"
+    if FLAGS.corpus == "ptb" and not FLAGS.ptb_dir:
+        raise app.UsageError("--corpus=ptb needs --ptb_dir (ptb.char.*.txt files).")
+    config = "ptb" if FLAGS.corpus == "ptb" else "hamlet"
+    corpus = pipelines.char_corpus(config, data_dir=FLAGS.data_dir, manual_dir=FLAGS.ptb_dir)
+    source = (f"PTB char files in {FLAGS.ptb_dir}" if config == "ptb" else
+              "bundled Hamlet (keras_diffusion/datasets/data/hamlet.txt), 90/5/5 contiguous split")
+    source += f", TFDS char_corpus/{config}"
     print(f"Corpus: {source}; vocabulary {corpus.vocab_size}; train/valid/test "
           f"{len(corpus.train)}/{len(corpus.valid)}/{len(corpus.test)} symbols.")
     print(f"Scaling: budget {FLAGS.budget} params, {FLAGS.epochs} epochs, batch "

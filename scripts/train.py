@@ -1,29 +1,41 @@
-"""Mobahi (2016), sec. 7: an erf RNN learns the adding task, by diffusion and by SGD.
+"""Trains any task with any model builder, optimizer and sigma schedule, and compares runs.
 
-The defaults run the comparison of sec. 7 / Figure 6: a 10-unit erf RNN, the adding task
-with sequences of length 10 (1000 training, 100 test sequences, ``models/adding.py``),
-trained once by diffusion (the diffused cost of sec. 4.3 with a sigma schedule lowering sigma
-to 0, Algorithm 1) and once by plain SGD on the undiffused cost, same architecture, same
-initial weights. After every epoch it records the test error of Figure 6: the mean squared
-error of the final output on the test sequences, evaluated with the undiffused network
-(sigma = 0; ``models.builders.adding_test_error``). It writes into ``--output_dir``:
+The defaults run the comparison of Mobahi (2016), sec. 7 / Figure 6: a 10-unit erf RNN on the
+adding task (T = 10, 1000 training and 100 test sequences, ``tfds.load("adding_problem/
+mobahi")``), trained once by diffusion (the diffused cost of sec. 4.3, sigma lowered to 0 by a
+schedule, Algorithm 1) and once plainly (``sgd``: sigma = 0, no penalty), same architecture
+and initial weights. After every epoch a run records its test error with the undiffused
+network (sigma = 0): the mean squared error for regression, the error rate for
+classification, the squared reconstruction error for the autoencoder.
 
-* ``summary.txt`` / ``summary.json``: epochs each method needs to reach ``--target_error``
-  (0.02 in sec. 7) and the final test error;
-* ``test_error.png``: test error against epochs for both methods;
-* ``test_error.csv``: the curves.
+Runs: every ``--methods`` entry (``diffusion``, ``sgd``) with every ``--optimizers`` entry
+(Keras optimizers by name, ``annealed``, ``gauss_newton``: ``models/optimizers.py``), named
+by the method, the optimizer, or both when both vary. Tasks (``--task``, ``models/tasks.py``):
+adding, long_adding, the pathological tasks, digits, mnist1d, mnist, fashion_mnist, cifar10,
+curves; models (``--model``, ``models/networks.py``): diffused_rnn, rnn, mlp.
+
+Writes into ``--output_dir``:
+
+* ``summary.txt`` / ``summary.json``: epochs each run needs to reach ``--target_error``,
+  final test error, seconds; ``test_error.csv`` and ``test_error.png``: the curves;
+* per run, ``<run>/``: ``logs/`` (TensorBoard: loss, metrics, test error, sigma, the
+  optimizer's diagnostics and the curvature monitor, as keys of the fit logs),
+  ``history.csv``, ``model.keras`` and ``backup/`` (resume with ``--resume`` after a kill).
 
 Usage:
   python scripts/train.py --output_dir=/tmp/adding
+  python scripts/train.py --flagfile=scripts/configs/curves_gauss_newton.cfg
+  python scripts/train.py --task=digits --model=mlp --methods=sgd --optimizers=sgd,gauss_newton
   python scripts/train.py --schedule=staged --sigma_stages=1,0.5,0.25,0 --sigma_epochs=5
-  python scripts/train.py --optimizer=annealed --learning_rate=0.5     # sec. 5.2 step
-  python scripts/train.py --task=long_adding --length=200 --epochs=50
 """
 
+import csv
 import dataclasses
+import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -32,34 +44,39 @@ from absl import app, flags
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_diffusion  # noqa: E402
 from keras_diffusion import validation  # noqa: E402
-from keras_diffusion.losses import SequenceSquaredError  # noqa: E402
-from keras_diffusion.optimizers import AnnealedStep  # noqa: E402
-from models import adding, builders  # noqa: E402
+from keras_diffusion.datasets import pipelines  # noqa: E402
+from models import builders, networks, optimizers, tasks  # noqa: E402
 
 METHODS = ("diffusion", "sgd")
-OPTIMIZERS = ("sgd", "annealed")
 SCHEDULES = ("linear", "geometric", "polynomial", "staged", "constant")
-TASKS = ("adding", "long_adding")
+STRATEGIES = {
+    "default": tf.distribute.get_strategy,
+    "mirrored": tf.distribute.MirroredStrategy,
+}
+# The backup of --resume; keras_diffusion.callbacks.BackupAndRestore (batch-exact) replaces it.
+BackupAndRestore = keras.callbacks.BackupAndRestore
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    """Hyperparameters of one training method.
+    """One run: a method, an optimizer and their hyperparameters.
 
-    ``"sgd"`` trains the plain network (sigma = 0, no penalty) with ``keras.optimizers.SGD``;
-    only ``learning_rate`` applies to it. ``"diffusion"`` trains the diffused cost with
-    ``optimizer`` (``"sgd"``, or ``"annealed"``: the sec. 5.2 step, ``learning_rate`` = eta)
-    while ``schedule`` lowers sigma from ``sigma0`` (``keras_diffusion.callbacks``):
-    ``linear`` reaches 0 after ``sigma_epochs`` epochs; ``geometric`` multiplies by
-    ``sigma_rate`` per epoch; ``polynomial`` is ``sigma0 / (1 + k)**sigma_gamma``; both snap to
-    0 below ``sigma_cutoff``; ``staged`` runs ``sigma_stages`` (ending at 0) for
-    ``sigma_epochs`` epochs each; ``constant`` keeps ``sigma0``. ``penalty`` is lambda (sec. 4.1).
+    ``method``: ``"sgd"`` trains the plain network (sigma = 0, no penalty; Mobahi's SGD
+    baseline, whatever the optimizer); ``"diffusion"`` trains the diffused cost while
+    ``schedule`` lowers sigma from ``sigma0`` (``keras_diffusion.callbacks``): ``linear``
+    reaches 0 after ``sigma_epochs`` epochs; ``geometric`` multiplies by ``sigma_rate`` per
+    epoch; ``polynomial`` is ``sigma0 / (1 + k)**sigma_gamma``; both snap to 0 below
+    ``sigma_cutoff``; ``staged`` runs ``sigma_stages`` (ending at 0) for ``sigma_epochs``
+    epochs each; ``constant`` keeps ``sigma0``. ``penalty`` is lambda (sec. 4.1).
+    ``optimizer`` names an entry of ``models.optimizers.OPTIMIZERS``; ``learning_rate``
+    ``None`` is its default.
     """
 
     method: str = "diffusion"
@@ -74,18 +91,29 @@ class MethodSpec:
     sigma_stages: tuple = ()
     penalty: float = 1e-4
     sigma_floor: float = 0.01
+    momentum: float = 0.0
+    clipnorm: float = 0.0
+    damping: float = 1e-3
+    cg_max_iterations: int = 50
 
     def __post_init__(self):
         validation.one_of("method", self.method, METHODS)
-        validation.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        validation.one_of("optimizer", self.optimizer, tuple(optimizers.OPTIMIZERS))
         validation.one_of("schedule", self.schedule, SCHEDULES)
-        validation.positive("learning_rate", self.learning_rate)
+        self.hyperparameters()  # checks learning_rate, momentum, clipnorm, damping, ...
         validation.positive_int("sigma_epochs", self.sigma_epochs)
-        for name in ("sigma0", "sigma_cutoff", "penalty", "sigma_floor", "sigma_gamma"):
+        for name in ("sigma0", "sigma_cutoff", "penalty", "sigma_gamma"):
             validation.nonnegative(name, getattr(self, name))
         validation.fraction("sigma_rate", self.sigma_rate)
         if self.sigma_stages:  # validated even where unused, naming the bad value
             keras_diffusion.callbacks.StagedSigma(list(self.sigma_stages), epochs_per_stage=1)
+
+    def hyperparameters(self):
+        return optimizers.Hyperparameters(
+            learning_rate=self.learning_rate, momentum=self.momentum, clipnorm=self.clipnorm,
+            sigma_floor=self.sigma_floor, damping=self.damping,
+            cg_max_iterations=self.cg_max_iterations,
+        )
 
     def sigma_callback(self):
         """The ``keras_diffusion.callbacks`` schedule of this method (None for SGD/constant)."""
@@ -106,53 +134,95 @@ class MethodSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """What is trained on, for how long, and how progress is measured."""
+    """What is trained on, with which model, for how long, and how progress is measured.
+
+    ``units``/``hidden``/``activation``/``init`` configure ``model`` (``models.networks``);
+    ``task``/``length``/``num_train``/``num_test``/``image_size``/``data_dir``/``download``
+    the data (``models.tasks``); ``seed`` both, and the shuffle order.
+    """
 
     task: str = "adding"
-    length: int = 10
+    length: int = None
     epochs: int = 150
     batch_size: int = 50
     seed: int = 0
+    model: str = "diffused_rnn"
     units: int = 10
+    hidden: tuple = (100,)
     activation: str = "erf"
+    init: str = "basic_tanh"
     target_error: float = 0.02
     stop_at_target: bool = False
     validation_fraction: float = 0.0
+    num_train: int = None
+    num_test: int = None
+    image_size: tuple = None
+    data_dir: str = None
+    download: bool = False
+    strategy: str = "default"
+    curvature_every: int = 0
     verbose: int = 1
 
     def __post_init__(self):
-        validation.one_of("task", self.task, TASKS)
-        for name in ("epochs", "batch_size", "units"):
+        validation.one_of("task", self.task, tasks.TASKS)
+        validation.one_of("strategy", self.strategy, tuple(STRATEGIES))
+        for name in ("epochs", "batch_size"):
             validation.positive_int(name, getattr(self, name))
+        validation.integer("curvature_every", self.curvature_every)
         validation.positive("target_error", self.target_error)
+        self.task_config().dataset_config()  # checks the length of the sequence tasks
+        self.model_config()
 
-    def make_task(self, seed=None):
-        seed = self.seed if seed is None else seed
-        if self.task == "adding":
-            if self.length != 10:
-                return adding.AddingTask(
-                    length=self.length, validation_fraction=self.validation_fraction, seed=seed
-                )
-            return adding.mobahi_adding_task(seed, self.validation_fraction)
-        return adding.long_adding_task(
-            self.length, seed=seed, validation_fraction=self.validation_fraction
+    def task_config(self):
+        return tasks.TaskConfig(
+            self.task, length=self.length, num_train=self.num_train, num_test=self.num_test,
+            seed=self.seed, validation_fraction=self.validation_fraction,
+            image_size=self.image_size, data_dir=self.data_dir, download=self.download,
+        )
+
+    def model_config(self):
+        return networks.ModelConfig(
+            self.model, units=self.units, hidden=tuple(self.hidden),
+            activation=self.activation, init=self.init, seed=self.seed,
+        )
+
+    def make_task(self):
+        return load_task(self.task_config())
+
+
+@functools.lru_cache(maxsize=8)
+def load_task(task_config):
+    """``models.tasks.make_task``, once per configuration and process."""
+    return tasks.make_task(task_config)
+
+
+def check_run(run, spec):
+    """Errors a run would meet, raised before any training (task, model and method)."""
+    pathological = keras_diffusion.datasets.pathological
+    task_config = run.task_config()
+    steps = task_config.pathological_task().target_steps if run.task in pathological.TASKS else 1
+    sequence = run.task in ("adding", "long_adding") + pathological.TASKS
+    networks.check_compatible(run.model_config(), run.task, sequence, steps)
+    if spec.method == "diffusion" and run.model not in networks.DIFFUSED:
+        raise ValueError(
+            f"--methods=diffusion needs a model with a bandwidth {networks.DIFFUSED}, got "
+            f"--model={run.model!r}; use --methods=sgd."
         )
 
 
 class ErrorCurve(keras.callbacks.Callback):
-    """Logs the Figure 6 error after every epoch: the MSE of the final output of the
-    undiffused network (sigma = 0) on ``(x, y)``.
+    """Logs the test error after every epoch, with the undiffused network (sigma = 0).
 
-    Same value as ``models.builders.adding_test_error`` (tests/test_train_script.py checks
-    it), but through one compiled forward function instead of ``model.predict``, which costs
-    more than a training epoch here. The value goes into ``logs[key]`` (History and the
-    progress bar) and ``self.errors``. Training stops once the error is <= ``stop_at`` (if
-    given) or not finite (a diverged run).
+    ``arrays``: ``[(x, y), ...]`` (``Task.arrays[split]``); ``error``: ``Task.error``. One
+    compiled forward function per input length instead of ``model.predict``, which costs
+    more than a training epoch here. The value goes into ``logs[key]`` (History,
+    TensorBoard, CSV) and ``self.errors``. Training stops once the error is <= ``stop_at``
+    (if given) or not finite (a diverged run).
     """
 
-    def __init__(self, x, y, key="test_error", stop_at=None):
+    def __init__(self, arrays, error, key="test_error", stop_at=None):
         super().__init__()
-        self.x, self.y, self.key, self.stop_at = x, y, key, stop_at
+        self.arrays, self.error_fn, self.key, self.stop_at = arrays, error, key, stop_at
         self.errors = []
         self._forward = None
 
@@ -161,8 +231,9 @@ class ErrorCurve(keras.callbacks.Callback):
             model = self.model
             self._forward = tf.function(lambda x: model(x, training=False))
         with builders.undiffused(self.model):
-            prediction = self._forward(self.x).numpy()
-        return builders.squared_error(prediction, self.y)
+            predictions = [self._forward(x).numpy() for x, _ in self.arrays]
+        targets = np.concatenate([y for _, y in self.arrays])
+        return self.error_fn(np.concatenate(predictions), targets)
 
     def on_epoch_end(self, epoch, logs=None):
         error = self.error()
@@ -173,54 +244,110 @@ class ErrorCurve(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def build_model(run, spec, length, steps_per_epoch=1):
-    model = builders.build_adding_rnn(
-        spec.method,
-        units=run.units,
-        activation=run.activation,
-        sigma=spec.sigma0,
-        penalty=spec.penalty,
-        length=length,
-        seed=run.seed,
-    )
-    if spec.method == "diffusion" and spec.optimizer == "annealed":
-        optimizer = AnnealedStep(spec.learning_rate, bandwidth=model, sigma_floor=spec.sigma_floor)
-    else:
-        optimizer = keras.optimizers.SGD(spec.learning_rate)
+def build_model(run, spec, task, steps_per_epoch=1, distributed=False):
+    """The compiled model of ``spec`` for ``task`` (build it in the strategy's scope).
+
+    ``distributed``: compiled for several replicas, where neither XLA (``jit_compile``) nor
+    several steps per execution run with a distributed dataset (TF 2.21 / Keras 3.15:
+    "You must feed a value for placeholder tensor").
+    """
+    model = networks.build(run.model_config(), task, spec.method, spec.sigma0, spec.penalty)
+    optimizer = optimizers.make(spec.optimizer, spec.hyperparameters(), model)
+    closure = optimizers.needs_closure(optimizer)
+    if closure:
+        model = keras_diffusion.Model(model.inputs, model.outputs, name=model.name)
     # One compiled call runs a whole epoch: the per-step dispatch of fit would dominate.
     model.compile(
         optimizer=optimizer,
-        loss=SequenceSquaredError(),
-        jit_compile=True,
-        steps_per_execution=steps_per_epoch,
+        loss=task.loss(),
+        metrics=["accuracy"] if task.kind == "classification" else None,
+        jit_compile=not (closure or distributed),
+        steps_per_execution=1 if distributed else steps_per_epoch,
     )
     return model
 
 
-def train_method(run, spec, split="test"):
-    """Trains one method; returns its per-epoch error on ``split`` as a numpy array.
+def _resume_epoch(backup_dir):
+    """The epoch Keras's BackupAndRestore resumes at (0 without a backup)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
 
-    Training uses the ``"train"`` split; ``split="validation"`` (with
-    ``run.validation_fraction > 0``) measures the error for hyperparameter search.
+
+def _truncate_csv(path, epochs):
+    """Keeps the header and the first ``epochs`` rows of a History CSV (the epochs a backup
+    holds), so a resumed run appends where its backup ends."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = f.read().splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join(rows[: epochs + 1]) + "\n")
+
+
+def _logged_errors(path, key):
+    with open(path) as f:
+        return [float(row[key]) for row in csv.DictReader(f)]
+
+
+def train_method(run, spec, split="test", run_dir=None, resume=False, callbacks=(),
+                 strategy=None):
+    """Trains one run; returns its per-epoch error on ``split`` as a numpy array.
+
+    Training uses the training split (its first part when ``run.validation_fraction > 0``,
+    then ``split="validation"`` measures the error for hyperparameter search). With
+    ``run_dir`` it writes TensorBoard logs, ``history.csv``, ``model.keras`` and a backup
+    there; ``resume`` continues from the backup (the returned curve then covers all epochs,
+    read back from ``history.csv``). ``callbacks`` run after the script's own; ``strategy``
+    (a ``tf.distribute.Strategy``) replaces the one ``run.strategy`` names.
     """
+    check_run(run, spec)
     keras.utils.set_random_seed(run.seed)
     task = run.make_task()
-    x_train, _ = task.arrays("train")
-    model = build_model(run, spec, task.length, math.ceil(len(x_train) / run.batch_size))
-    curve = ErrorCurve(
-        *task.arrays(split),
-        key=f"{split}_error",
-        stop_at=run.target_error if run.stop_at_target else None,
+    strategy = strategy or STRATEGIES[run.strategy]()
+    distributed = strategy.num_replicas_in_sync > 1 or run.strategy != "default"
+    steps = pipelines.steps_per_epoch(task.num_train, run.batch_size, drop_remainder=distributed)
+    extra, start_epoch = list(callbacks), 0
+    if run_dir is not None:
+        backup = os.path.join(run_dir, "backup")
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        start_epoch = _resume_epoch(backup)
+        _truncate_csv(os.path.join(run_dir, "history.csv"), start_epoch)
+    batches = functools.partial(
+        pipelines.batches, task.train, run.batch_size, training=True, seed=run.seed,
+        start_epoch=start_epoch, drop_remainder=distributed,
+        same_length=task.config.name in ("addition", "multiplication"),
     )
+    with strategy.scope():
+        model = build_model(run, spec, task, steps, distributed)
+    if distributed:
+        data = strategy.distribute_datasets_from_function(
+            lambda context: batches(input_context=context)
+        )
+    else:
+        data = batches()
+    curve = ErrorCurve(task.arrays[split], task.error, key=f"{split}_error",
+                       stop_at=run.target_error if run.stop_at_target else None)
     callbacks = [c for c in (spec.sigma_callback(), curve) if c is not None]
-    model.fit(
-        task.dataset("train", run.batch_size, shuffle=True),
-        epochs=run.epochs,
-        callbacks=callbacks,
-        verbose=run.verbose,
-        shuffle=False,  # the dataset reshuffles itself, seeded
-    )
-    return np.array(curve.errors)
+    if run.curvature_every:
+        x, y = next(iter(pipelines.batches(task.train, run.batch_size)))
+        callbacks.append(keras_diffusion.CurvatureMonitor((x, y), every=run.curvature_every))
+    if run_dir is not None:  # after every callback that writes into the logs
+        callbacks += [
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+            keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+            BackupAndRestore(backup),
+        ]
+    callbacks += extra
+    model.fit(data, epochs=run.epochs, steps_per_epoch=steps, callbacks=callbacks,
+              verbose=run.verbose, shuffle=False)  # the pipeline shuffles, seeded per epoch
+    if run_dir is None:
+        return np.array(curve.errors)
+    model.save(os.path.join(run_dir, "model.keras"))
+    return np.array(_logged_errors(os.path.join(run_dir, "history.csv"), f"{split}_error"))
 
 
 def epochs_to_reach(errors, target):
@@ -229,20 +356,33 @@ def epochs_to_reach(errors, target):
     return int(hits[0]) + 1 if hits.size else None
 
 
-def train_and_evaluate(run, specs, output_dir):
-    """Trains every method of ``specs`` and writes the summary, curves and plot.
+def run_names(specs):
+    """Each run's name: its method, its optimizer, or ``method-optimizer`` if both vary."""
+    methods = {s.method for s in specs}
+    names = {s.optimizer for s in specs}
+    if len(names) == 1:
+        return [s.method for s in specs]
+    if len(methods) == 1:
+        return [s.optimizer for s in specs]
+    return [f"{s.method}-{s.optimizer}" for s in specs]
+
+
+def train_and_evaluate(run, specs, output_dir, resume=False):
+    """Trains every run of ``specs`` and writes the summary, curves and plot.
 
     Returns:
-        ``{method: {"epochs_to_target": int | None, "final_test_error": float,
+        ``{name: {"epochs_to_target": int | None, "final_test_error": float,
         "test_errors": [...], "seconds": float, "hyperparameters": {...}}}``.
     """
+    for spec in specs:  # every flag error before any training
+        check_run(run, spec)
     os.makedirs(output_dir, exist_ok=True)
     results = {}
-    for spec in specs:
-        print(f"== {spec.method}: {spec}")
+    for name, spec in zip(run_names(specs), specs):
+        print(f"== {name}: {spec}")
         start = time.time()
-        errors = train_method(run, spec)
-        results[spec.method] = {
+        errors = train_method(run, spec, run_dir=os.path.join(output_dir, name), resume=resume)
+        results[name] = {
             "epochs_to_target": epochs_to_reach(errors, run.target_error),
             "final_test_error": float(errors[-1]),
             "test_errors": errors.tolist(),
@@ -260,34 +400,38 @@ def train_and_evaluate(run, specs, output_dir):
     return results
 
 
+def _title(run):
+    length = f" (T = {run.length})" if run.length else ""
+    return f"Task {run.task}{length}, model {run.model}, batch size {run.batch_size}"
+
+
 def summary_table(results, run):
     lines = [
-        f"Adding task (T = {run.length}), batch size {run.batch_size}, seed {run.seed}: "
-        f"epochs to reach test error {run.target_error}",
-        "| method | epochs to target | final test error | seconds |",
+        f"{_title(run)}, seed {run.seed}: epochs to reach test error {run.target_error}",
+        "| run | epochs to target | final test error | seconds |",
         "|---|---|---|---|",
     ]
-    for method, result in results.items():
+    for name, result in results.items():
         reached = result["epochs_to_target"]
         reached = f"> {len(result['test_errors'])}" if reached is None else str(reached)
         lines.append(
-            f"| {method} | {reached} | {result['final_test_error']:.4f} | "
+            f"| {name} | {reached} | {result['final_test_error']:.4f} | "
             f"{result['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def write_curves(results, path):
-    methods = list(results)
-    longest = max(len(results[m]["test_errors"]) for m in methods)
+    names = list(results)
+    longest = max(len(results[m]["test_errors"]) for m in names)
     with open(path, "w") as f:
-        f.write("epoch," + ",".join(methods) + "\n")
+        f.write("epoch," + ",".join(names) + "\n")
         for epoch in range(longest):
             row = [
                 f"{results[m]['test_errors'][epoch]:.6g}"
                 if epoch < len(results[m]["test_errors"])
                 else ""
-                for m in methods
+                for m in names
             ]
             f.write(f"{epoch + 1}," + ",".join(row) + "\n")
 
@@ -298,18 +442,17 @@ def plot_curves(results, run, path):
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    colors = {"diffusion": "tab:red", "sgd": "tab:blue"}
     figure, axes = pyplot.subplots(figsize=(6, 4))
-    for method, result in results.items():
+    for name, result in results.items():
         errors = result["test_errors"]
-        axes.plot(range(1, len(errors) + 1), errors, label=method, color=colors.get(method))
+        axes.plot(range(1, len(errors) + 1), errors, label=name)
     axes.axhline(
         run.target_error, color="gray", linestyle="--", label=f"target {run.target_error}"
     )
     axes.set_yscale("log")
     axes.set_xlabel("epoch")
-    axes.set_ylabel("test error (MSE, sigma = 0)")
-    axes.set_title(f"Adding task, batch size {run.batch_size}")
+    axes.set_ylabel("test error (sigma = 0)")
+    axes.set_title(_title(run))
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -325,18 +468,26 @@ def define_flags():
     Called only when this file runs as a script, so importing ``scripts.train`` (e.g. from
     ``reproduce_mobahi_figure6.py``, which has flags of its own) defines no flags.
     """
-    flags.DEFINE_enum(
-        "task", "adding", TASKS, "adding (sec. 7) or long_adding (one marker per half)."
-    )
-    flags.DEFINE_integer("length", 10, "Sequence length (10 in sec. 7; >= 200 for long_adding).")
-    flags.DEFINE_list("methods", list(METHODS), "Methods to train: diffusion and/or sgd.")
-    flags.DEFINE_enum(
-        "optimizer", "sgd", OPTIMIZERS, "Diffusion's optimizer: sgd or annealed (sec. 5.2)."
-    )
-    flags.DEFINE_float(
-        "learning_rate", 0.1, "Diffusion's learning rate (eta for --optimizer=annealed)."
-    )
-    flags.DEFINE_float("sgd_learning_rate", 0.1, "The SGD baseline's learning rate.")
+    flags.DEFINE_enum("task", "adding", tasks.TASKS, "Task (models/tasks.py).")
+    flags.DEFINE_integer("length", None, "Sequence length T (default: the task's).")
+    flags.DEFINE_integer("num_train", None, "Generated training examples (default: builder's).")
+    flags.DEFINE_integer("num_test", None, "Generated test examples (default: builder's).")
+    flags.DEFINE_list("image_size", [], "Downscale images to HEIGHT,WIDTH (e.g. 10,10).")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")
+    flags.DEFINE_bool("download", False, "Download a missing real data set (needs network).")
+    flags.DEFINE_enum("model", "diffused_rnn", networks.MODELS, "Model (models/networks.py).")
+    flags.DEFINE_integer("units", 10, "Hidden units of the recurrent models.")
+    flags.DEFINE_list("hidden", ["100"], "Hidden widths of --model=mlp.")
+    flags.DEFINE_string("activation", "erf", "Hidden activation (diffused_rnn, mlp).")
+    flags.DEFINE_string("init", "basic_tanh", "Initialization of --model=rnn.")
+    flags.DEFINE_list("methods", list(METHODS), "diffusion and/or sgd (the plain network).")
+    flags.DEFINE_list("optimizers", ["sgd"], "Optimizers to compare (models/optimizers.py).")
+    flags.DEFINE_float("learning_rate", None, "Learning rate (default: each optimizer's).")
+    flags.DEFINE_float("momentum", 0.0, "sgd momentum.")
+    flags.DEFINE_float("clipnorm", 0.0, "Global gradient-norm clipping (0: none).")
+    flags.DEFINE_float("damping", 1e-3, "gauss_newton: Tikhonov damping.")
+    flags.DEFINE_integer("cg_max_iterations", 50, "gauss_newton: CG iterations per step.")
+    flags.DEFINE_float("sigma_floor", 0.01, "annealed: the step uses max(sigma, sigma_floor).")
     flags.DEFINE_enum("schedule", "linear", SCHEDULES, "Sigma schedule of diffusion.")
     flags.DEFINE_float("sigma0", 1.0, "Initial sigma.")
     flags.DEFINE_integer("sigma_epochs", 30, "linear: epochs to reach 0; staged: epochs per stage.")
@@ -347,58 +498,69 @@ def define_flags():
         "sigma_stages", [], "staged: sigma_0 > ... > 0 (default sigma0 * (1, 1/2, 1/4, 0))."
     )
     flags.DEFINE_float("penalty", 1e-4, "lambda of sec. 4.1 (diffusion only).")
-    flags.DEFINE_float("sigma_floor", 0.01, "annealed: the step uses max(sigma, sigma_floor).")
-    flags.DEFINE_integer("epochs", 150, "Training epochs per method.")
-    flags.DEFINE_integer("batch_size", 50, "Minibatch size (10 and 50 in Figure 6).")
+    flags.DEFINE_integer("epochs", 150, "Training epochs per run.")
+    flags.DEFINE_integer("batch_size", 50, "Global minibatch size (10 and 50 in Figure 6).")
     flags.DEFINE_integer("seed", 0, "Seed of the data, initial weights and shuffling.")
-    flags.DEFINE_integer("units", 10, "Hidden units.")
     flags.DEFINE_float("target_error", 0.02, "Test error whose first epoch is reported.")
-    flags.DEFINE_bool("stop_at_target", False, "Stop a method once it reaches --target_error.")
+    flags.DEFINE_bool("stop_at_target", False, "Stop a run once it reaches --target_error.")
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_integer("curvature_every", 0, "CurvatureMonitor every N epochs (0: off).")
+    flags.DEFINE_bool("resume", False, "Continue the runs from their backups in --output_dir.")
     flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar).")
     flags.DEFINE_string("output_dir", "/tmp/keras_diffusion_adding", "Where results are written.")
 
 
+def _numbers(flag, values, kind):
+    try:
+        return tuple(kind(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--{flag} must list {kind.__name__} numbers, got {values!r}.") from None
+
+
 def configs_from_flags():
     """The validated ``(RunConfig, [MethodSpec, ...])`` described by the flags."""
+    image_size = _numbers("image_size", FLAGS.image_size, int) or None
     run = RunConfig(
-        task=FLAGS.task,
-        length=FLAGS.length,
-        epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed,
-        units=FLAGS.units,
-        target_error=FLAGS.target_error,
-        stop_at_target=FLAGS.stop_at_target,
-        verbose=FLAGS.verbose,
+        task=FLAGS.task, length=FLAGS.length, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed, model=FLAGS.model, units=FLAGS.units,
+        hidden=_numbers("hidden", FLAGS.hidden, int), activation=FLAGS.activation,
+        init=FLAGS.init, target_error=FLAGS.target_error, stop_at_target=FLAGS.stop_at_target,
+        num_train=FLAGS.num_train, num_test=FLAGS.num_test, image_size=image_size,
+        data_dir=FLAGS.data_dir, download=FLAGS.download, strategy=FLAGS.strategy,
+        curvature_every=FLAGS.curvature_every, verbose=FLAGS.verbose,
     )
-    if not FLAGS.methods:
-        raise ValueError(f"--methods must name at least one of {METHODS}.")
-    specs = []
-    for method in FLAGS.methods:
-        validation.one_of("--methods entry", method, METHODS)
-        specs.append(
-            MethodSpec(
-                method=method,
-                learning_rate=FLAGS.sgd_learning_rate if method == "sgd" else FLAGS.learning_rate,
-                optimizer=FLAGS.optimizer if method == "diffusion" else "sgd",
-                schedule=FLAGS.schedule,
-                sigma0=FLAGS.sigma0,
-                sigma_epochs=FLAGS.sigma_epochs,
-                sigma_rate=FLAGS.sigma_rate,
-                sigma_gamma=FLAGS.sigma_gamma,
-                sigma_cutoff=FLAGS.sigma_cutoff,
-                sigma_stages=tuple(float(s) for s in FLAGS.sigma_stages),
-                penalty=FLAGS.penalty,
-                sigma_floor=FLAGS.sigma_floor,
-            )
+    for flag, choices in (("methods", METHODS), ("optimizers", tuple(optimizers.OPTIMIZERS))):
+        if not FLAGS[flag].value:
+            raise ValueError(f"--{flag} must name at least one of {choices}.")
+        for value in FLAGS[flag].value:
+            validation.one_of(f"--{flag} entry", value, choices)
+    specs = [
+        MethodSpec(
+            method=method, learning_rate=FLAGS.learning_rate, optimizer=optimizer,
+            schedule=FLAGS.schedule, sigma0=FLAGS.sigma0, sigma_epochs=FLAGS.sigma_epochs,
+            sigma_rate=FLAGS.sigma_rate, sigma_gamma=FLAGS.sigma_gamma,
+            sigma_cutoff=FLAGS.sigma_cutoff,
+            sigma_stages=_numbers("sigma_stages", FLAGS.sigma_stages, float),
+            penalty=FLAGS.penalty, sigma_floor=FLAGS.sigma_floor, momentum=FLAGS.momentum,
+            clipnorm=FLAGS.clipnorm, damping=FLAGS.damping,
+            cg_max_iterations=FLAGS.cg_max_iterations,
         )
+        for method in FLAGS.methods
+        for optimizer in FLAGS.optimizers
+    ]
+    for spec in specs:
+        check_run(run, spec)
     return run, specs
 
 
 def main(argv):
     del argv
-    run, specs = configs_from_flags()
-    train_and_evaluate(run, specs, FLAGS.output_dir)
+    tfds.disable_progress_bar()  # data sets are generated on first use: keep the log readable
+    try:
+        run, specs = configs_from_flags()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    train_and_evaluate(run, specs, FLAGS.output_dir, resume=FLAGS.resume)
 
 
 if __name__ == "__main__":

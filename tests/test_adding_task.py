@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models import adding
+from keras_diffusion.datasets import adding
 
 
 def test_mobahi_task_shapes_and_targets():

@@ -1,9 +1,9 @@
-"""Tests for models/pathological.py: data statistics checked independently in numpy."""
+"""keras_diffusion/datasets/pathological.py: data statistics checked independently in numpy."""
 
 import numpy as np
 import pytest
 
-from models import pathological as pt
+from keras_diffusion.datasets import pathological as pt
 
 
 def _ids(x):

@@ -1,4 +1,4 @@
-"""Tests for models/text.py: corpus splits, vocabulary, BPTT windows, bits per character."""
+"""Character corpus (keras_diffusion.datasets.text) and bits per character (models.text)."""
 
 import math
 

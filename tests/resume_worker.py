@@ -107,7 +107,7 @@ def staged(backup_dir):
 def gauss_newton(backup_dir):
     """The closure optimizer GaussNewton on a kd.Model, two steps per execution."""
     model = diffused_model(model_class=kd.Sequential)
-    model.compile(GaussNewton(damping=1e-2, cg_max_iters=4), "mse", steps_per_execution=2)
+    model.compile(GaussNewton(damping=1e-2, cg_max_iterations=4), "mse", steps_per_execution=2)
     schedule = kd.callbacks.LinearSigma(1.0, duration=12, unit="batch")
     backup = kd.callbacks.BackupAndRestore(backup_dir, save_freq=4)
     return model, numpy_fit(shuffle=True), [schedule, backup]

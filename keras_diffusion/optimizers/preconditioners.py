@@ -32,7 +32,9 @@ def _first(nest):
 def _times(ones, y, sample_weight):
     """Sample weights ``ones`` (a nest like ``y``), times the batch's own if any."""
     if sample_weight is None:
-        return tf.nest.map_structure(lambda _: ones, y)
+        # One weight per example, broadcast over the per-example loss (rank of y minus 1).
+        return tf.nest.map_structure(
+            lambda t: tf.reshape(ones, [-1] + [1] * (t.shape.rank - 2)), y)
 
     def times(w):
         w = tf.convert_to_tensor(w)

@@ -316,3 +316,34 @@ def test_two_replicas_match_one_device_with_optimizer_state(mirrored_strategy):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(double.optimizer.warm_start, single.optimizer.warm_start):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def _tanh_net(policy="float32"):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(3)
+        return kd.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="tanh"),
+                              keras.layers.Dense(2)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("variant", ["jit_compile", "mixed_float16"])
+def test_jit_compile_and_mixed_precision_give_the_float32_graph_steps(variant):
+    x, y, w = data(n=8)
+    results = []
+    for policy, jit in (("float32", False),
+                        ("mixed_float16" if variant == "mixed_float16" else "float32",
+                         variant == "jit_compile")):
+        model = _tanh_net(policy)
+        model.compile(HessianFree(damping=0.5, cg_max_iterations=6, line_search_max_steps=4),
+                      "mse", jit_compile=jit)
+        history = model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, shuffle=False,
+                            verbose=0).history
+        results.append((model, history))
+    (reference, ref_history), (model, history) = results
+    assert history["rejected_steps"] == [0.0]
+    assert history["damping"][0] == pytest.approx(ref_history["damping"][0], rel=1e-5)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # XLA fusion / float32 closure
+    assert not np.allclose(flat(reference.get_weights()), flat(_tanh_net().get_weights()))

@@ -9,7 +9,8 @@ predicted the true change is the reduction ratio
 and ``lambda`` follows it (Martens 2010, sec. 4.1): ``lambda <- increase * lambda`` (3/2)
 when ``rho < 1/4`` (the model was too optimistic: trust it less) and
 ``lambda <- decrease * lambda`` (2/3) when ``rho > 3/4``. A rejected step (non-finite loss,
-gradient, curvature or ``rho``) counts as ``rho = -inf``: ``lambda`` grows.
+gradient, curvature or ``rho``), or one the line search refused (no sufficient decrease
+along ``d``), counts as ``rho = -inf``: ``lambda`` grows.
 """
 
 import tensorflow as tf
@@ -42,7 +43,8 @@ def levenberg_marquardt(damping, rho, accepted, increase=INCREASE, decrease=DECR
     Args:
         damping: the current ``lambda`` (a scalar tensor).
         rho: the reduction ratio of the step (any value when ``accepted`` is False).
-        accepted: boolean scalar, whether the step passed the non-finite guard.
+        accepted: boolean scalar, whether the step was taken (passed the non-finite guard
+            and the line search).
         increase, decrease: the factors (Martens: 3/2 and 2/3).
         low, high: the thresholds on ``rho`` (Martens: 1/4 and 3/4).
 

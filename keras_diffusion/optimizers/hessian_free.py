@@ -258,8 +258,11 @@ class HessianFree(ClosureOptimizer):
         new = [p + d for p, d in zip(closure.params, step)]
         accepted = self.assign_if_finite(closure.variables, new, checks=checks + grads)
         if self.adapt_damping:
+            # No step taken (the line search found no sufficient decrease: d was no descent
+            # direction) counts as a failed one: lambda grows, pulling d towards -g.
+            taken = accepted & (tf.cast(alpha, dtype) > 0)
             self.damping.assign(damping_lib.levenberg_marquardt(
-                damping, self.rho.value, accepted, self.damping_increase,
+                damping, self.rho.value, taken, self.damping_increase,
                 self.damping_decrease))
         if self.warm_start is not None:
             for w, x in zip(self.warm_start, result.x):

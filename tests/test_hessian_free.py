@@ -287,6 +287,10 @@ def test_bad_arguments_name_the_value_and_the_fix():
         HessianFree(warm_start_decay=1.5)
     with pytest.raises(ValueError, match="`preconditioner`.*'jacobi'"):
         HessianFree(preconditioner="jacobi")
+    with pytest.raises(ValueError, match="`cg_gamma` must be > 1.*0.9"):
+        HessianFree(cg_gamma=0.9)
+    with pytest.raises(ValueError, match="curvature='gauss_newton'.*'hessian'"):
+        HessianFree(curvature="hessian", structural_layers=["rnn"])
 
 
 def _distributed_fit(strategy, init, x, y, w):

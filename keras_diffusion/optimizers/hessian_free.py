@@ -164,8 +164,10 @@ class HessianFree(ClosureOptimizer):
         self.cg_progress_window_fraction = validation.fraction(
             "cg_progress_window_fraction", cg_progress_window_fraction,
             "Martens (2010) uses 0.1.", allow_zero=True)
-        self.cg_gamma = float(cg_gamma)
-        solvers.cg_save_schedule(1, self.cg_gamma)  # validates gamma
+        self.cg_gamma = validation.real("cg_gamma", cg_gamma, "Martens (2010) uses 1.3.")
+        if not self.cg_gamma > 1.0:
+            raise ValueError(f"`cg_gamma` must be > 1 (a growing save schedule), got "
+                             f"{cg_gamma!r}. Martens (2010) uses 1.3.")
         self.warm_start_decay = validation.fraction(
             "warm_start_decay", warm_start_decay, "Martens (2010) uses 0.95; 0 disables.",
             allow_zero=True)
@@ -188,7 +190,12 @@ class HessianFree(ClosureOptimizer):
             "structural_damping", structural_damping, "Martens & Sutskever (2011) use 1/30.")
         if isinstance(structural_layers, str):
             structural_layers = [structural_layers]
-        self.structural_layers = [getattr(l, "name", l) for l in structural_layers]
+        self.structural_layers = [getattr(layer, "name", layer) for layer in structural_layers]
+        if self.structural_layers and self.curvature != "gauss_newton":
+            raise ValueError(
+                f"Structural damping is a Gauss-Newton term: it needs "
+                f"curvature='gauss_newton', got curvature={curvature!r} with "
+                f"structural_layers={self.structural_layers}. Drop one of them.")
         self.fisher_distribution = validation.one_of(
             "fisher_distribution", fisher_distribution, DISTRIBUTIONS,
             "The distribution the model's outputs parameterize.")

@@ -13,7 +13,9 @@ compiled loss is evaluated with sample weights ``s`` (times the batch's own), wh
 in the weights (``tf.GradientTape.jacobian``, vectorized) gives ``grad l_i / N``. Memory:
 the curvature batch size times the number of weights; use ``curvature_fraction`` or
 ``preconditioner=None`` for large models. ``add_loss`` terms and regularizers are not
-per-example and are left out.
+per-example and are left out. The vectorized Jacobian of a recurrent layer running a
+``tf.while_loop`` does not compile with XLA (``TensorListReserve``): with ``jit_compile=True``
+on such a model use ``preconditioner=None`` (or an unrolled RNN).
 """
 
 import copy

@@ -276,6 +276,20 @@ def test_keras_file_round_trip_keeps_state_and_continues_identically(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_checkpoint_restores_damping_warm_start_and_counters(tmp_path):
+    model, _ = _fitted(damping=0.3)
+    fresh = _fitted(damping=0.3)[0]  # same variables, other values after a refit below
+    fresh.optimizer.damping.assign(9.0)
+    for w in fresh.optimizer.warm_start:
+        w.assign(tf.zeros_like(w))
+    prefix = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
+        os.path.join(tmp_path, "ckpt"))
+    tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).read(prefix).assert_consumed()
+    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.name)
+    assert float(fresh.optimizer.damping.value) != 9.0
+
+
 def test_bad_arguments_name_the_value_and_the_fix():
     with pytest.raises(ValueError, match="`curvature`.*'newton'"):
         HessianFree(curvature="newton")

@@ -70,7 +70,8 @@ class HessianFree(ClosureOptimizer):
 
     Args:
         damping: initial Levenberg-Marquardt damping ``lambda > 0`` (the adapted value is
-            the variable ``optimizer.damping``). Martens & Sutskever (2011) start from 1.
+            the variable ``optimizer.damping``); the rule of sec. 4.1 adapts it from any
+            start.
         curvature: ``"gauss_newton"`` (default, Martens 2010), ``"hessian"`` (CG stops at
             negative curvature) or ``"fisher"``.
         cg_max_iterations: CG iteration cap (Martens 2010: 250).

@@ -1,4 +1,7 @@
-"""Armijo backtracking line search on the step length (Martens & Sutskever 2012, sec. 8.8).
+"""Armijo backtracking line search on the step length (Martens & Sutskever 2012).
+
+Martens & Sutskever (2012), "Training deep and recurrent networks with Hessian-free
+optimization", in Neural Networks: Tricks of the Trade (2nd ed.).
 
 After CG and backtracking give a direction ``d``, Hessian-free takes ``theta + alpha d`` with
 the largest ``alpha`` in ``1, beta, beta^2, ...`` (``beta = 0.8``) satisfying the sufficient

@@ -1,0 +1,78 @@
+"""Martens' diagonal preconditioner for the CG of Hessian-free (Martens 2010, sec. 4.7).
+
+``M = (diag(sum_i g_i^2) + lambda I)^alpha`` with ``alpha = 0.75``: ``g_i`` are the gradients
+of the per-example terms of the objective, ``lambda`` the current damping. The squares are
+those of the per-example gradients ``grad l_i`` of the per-example losses, averaged,
+``D = (1/N) sum_i (grad l_i)^2`` (the diagonal of the empirical Fisher matrix of the mean
+loss), which puts ``D`` on the scale of the Gauss-Newton matrix of the mean loss and of
+``lambda``. CG then applies ``M^-1`` (``solvers.diagonal_preconditioner``).
+
+The per-example gradients come from one Jacobian of the per-example contributions: the
+compiled loss is evaluated with sample weights ``s`` (times the batch's own), whose gradient
+``dL/ds_i = l_i / N`` is the vector of per-example contributions to the loss; its Jacobian
+in the weights (``tf.GradientTape.jacobian``, vectorized) gives ``grad l_i / N``. Memory:
+the curvature batch size times the number of weights; use ``curvature_fraction`` or
+``preconditioner=None`` for large models. ``add_loss`` terms and regularizers are not
+per-example and are left out. The vectorized Jacobian of a recurrent layer running a
+``tf.while_loop`` does not compile with XLA (``TensorListReserve``): with ``jit_compile=True``
+on such a model use ``preconditioner=None`` (or an unrolled RNN).
+"""
+
+import copy
+
+import tensorflow as tf
+
+from keras_diffusion.curvature import solvers
+
+EXPONENT = 0.75  # Martens (2010), sec. 4.7.
+
+
+def _first(nest):
+    return next(t for t in tf.nest.flatten(nest) if t is not None)
+
+
+def _times(ones, y, sample_weight):
+    """Sample weights ``ones`` (a nest like ``y``), times the batch's own if any."""
+    if sample_weight is None:
+        # One weight per example, broadcast over the per-example loss (rank of y minus 1).
+        return tf.nest.map_structure(
+            lambda t: tf.reshape(ones, [-1] + [1] * (t.shape.rank - 2)), y)
+
+    def times(w):
+        w = tf.convert_to_tensor(w)
+        return tf.cast(w, ones.dtype) * tf.reshape(ones, [-1] + [1] * (w.shape.rank - 1))
+
+    return tf.nest.map_structure(times, sample_weight)
+
+
+def mean_squared_example_gradients(closure):
+    """``(1/N) sum_i (grad l_i)^2`` over the global curvature batch, a list like the weights.
+
+    ``N`` counts the examples of every replica's curvature sub-batch; the sum is
+    all-reduced (identical on every replica).
+    """
+    c = closure.curvature
+    n = tf.shape(_first(c.x))[0]
+    params = list(closure.params)
+    ones = tf.ones([n], params[0].dtype)
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(params)
+        with tf.GradientTape() as inner:
+            inner.watch(ones)
+            weighted = copy.copy(c)
+            weighted.sample_weight = _times(ones, c.y, c.sample_weight)
+            loss = weighted.loss_from_outputs(c.outputs(params))
+        contributions = inner.gradient(loss, ones)  # l_i / N (this replica's share)
+    jacobians = outer.jacobian(contributions, params, experimental_use_pfor=True)
+    del outer
+    squares = [tf.reduce_sum(tf.square(j), axis=0) for j in jacobians]
+    total = closure.all_reduce([tf.cast(n, squares[0].dtype)] + squares)
+    count, squares = total[0], total[1:]
+    # (grad l_i / N)^2 summed, times N: the mean of (grad l_i)^2.
+    return [s * count for s in squares]
+
+
+def martens_diagonal(squared_gradients, damping, exponent=EXPONENT):
+    """``M^-1`` as a callable: ``v -> v / (D + damping)^exponent`` (Martens 2010, sec. 4.7)."""
+    diagonal = [tf.pow(d + tf.cast(damping, d.dtype), exponent) for d in squared_gradients]
+    return solvers.diagonal_preconditioner(diagonal)

@@ -95,7 +95,7 @@ class GaussNewton(ClosureOptimizer):
         loss, grads = closure.value_and_gradient()
         rhs = [-g for g in grads]
         result = solvers.conjugate_gradient(
-            closure.ggn_vp,
+            closure.gauss_newton_operator(),
             rhs,
             damping=tf.cast(self.damping.value, loss.dtype),
             max_iterations=self.cg_max_iterations,

@@ -64,6 +64,7 @@ import tensorflow as tf
 
 from keras_diffusion import compat, probes, validation
 from keras_diffusion.curvature import float32_policy, linear_operator, loss_hessians, products
+from keras_diffusion.curvature.cross_replica import ReplicaSumOperator
 from keras_diffusion.curvature.gauss_newton_operator import GaussNewtonOperator
 from keras_diffusion.training import gauss_newton_form
 
@@ -406,6 +407,12 @@ class Closure:
         step = conjugate_gradient(matvec, neg_grad, damping=lam, dot=closure.dot).x
         ```
 
+        Under a distribution strategy (``distributed``) ``matvec`` is a
+        ``keras_diffusion.curvature.cross_replica.ReplicaSumOperator``: called, it
+        all-reduces like ``ggn_vp``; given to a solver of ``keras_diffusion.curvature``, the
+        whole solve runs once across replicas in a ``tf.while_loop`` and stops early (no
+        unrolling).
+
         Args:
             params: the weights (default: the closure's).
             mode: ``"auto"``, ``"recorded"``, ``"forward"`` or ``"double_backward"`` (see
@@ -421,16 +428,13 @@ class Closure:
             loss_hessian=curvature.loss_hessian(),
             mode=mode,
         )
-        regularized = any(getattr(v, "regularizer", None) is not None for v in self.variables)
+        extra = None
+        if any(getattr(v, "regularizer", None) is not None for v in self.variables):
 
-        def matvec(vectors):
-            total = self.all_reduce(local(vectors))
-            if regularized:
-                reg = products.hvp(self.regularization, params, vectors)
-                total = [t + r for t, r in zip(total, reg)]
-            return total
+            def extra(vectors):
+                return products.hvp(self.regularization, params, vectors)
 
-        return matvec
+        return ReplicaSumOperator(local, self._ctx, extra)
 
 
 def _leading_part(batch, fraction):

@@ -28,7 +28,9 @@ class ReplicaSumOperator:
     """``v -> sum over replicas of local(v) + extra(v)``, solvable with early stopping.
 
     Args:
-        local: callable, this replica's product on a list of tensors.
+        local: callable, this replica's product on a list of tensors, bound to this
+            replica's data when built (it is also called from cross-replica context, where
+            it must not query the replica context).
         replica_context: the ``tf.distribute.ReplicaContext`` with more than one replica, or
             ``None`` on one device.
         extra: optional callable added once (not per replica), e.g. the Hessian of weight

@@ -53,6 +53,12 @@ def define_flags():
     flags.DEFINE_bool("jax", True, "Also time the JAX peer (needs `pip install jax`).")
     flags.DEFINE_bool("fit", True, "Also time GaussNewton against SGD in model.fit (MLP).")
     flags.DEFINE_bool("quick", False, "Tiny networks and few repeats (a smoke run).")
+    flags.DEFINE_bool(
+        "distributed", False,
+        "Instead: time the CG step of a closure on the MLP on 1 device and on 2 replicas "
+        "(MirroredStrategy on 2 logical CPUs), at 10 and 100 CG iterations.",
+    )
+    flags.DEFINE_float("cg_tol", 1e-3, "CG residual tolerance of the --distributed timing.")
 
 
 def _tf_steps(model, x, y, jit_compile, cg_iterations):
@@ -216,6 +222,65 @@ def time_fit(quick, batch_size, cg_iterations, steps, jit_compile):
     return out
 
 
+def time_distributed(quick, batch_size, caps, tol, repeats):
+    """Seconds of one CG step (gradient + solve) of a ``Closure`` on the MLP.
+
+    Returns ``{(replicas, cap, driver): (seconds, iterations)}`` for 1 device and 2
+    replicas (needs 2 logical CPUs, `main` sets them): ``driver`` ``"while_loop"`` solves
+    with ``closure.gauss_newton_operator()`` (on 2 replicas: once across replicas, stopping
+    early), ``"unrolled"`` with a plain all-reducing matvec and ``unroll=True`` (what a
+    closure solver did before: every iteration up to the cap is paid).
+    """
+    import keras
+    import tensorflow as tf
+
+    import keras_diffusion as kd
+    from keras_diffusion.curvature import solvers
+    from models import curvature_nets
+
+    out = {}
+    strategies = {1: tf.distribute.get_strategy(),
+                  2: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+    for replicas, strategy in strategies.items():
+        with strategy.scope():
+            model = kd.Sequential(
+                [keras.Input(benchmark_curvature.keras_model("mlp", quick).input_shape[1:])]
+                + benchmark_curvature.keras_model("mlp", quick).layers
+            )
+            model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x, y = curvature_nets.random_batch(model, batch_size)
+        dataset = strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensors((x, y)).unbatch().batch(batch_size)
+        )
+        x_dist, y_dist = next(iter(dataset))
+        drivers = ("while_loop", "unrolled") if replicas > 1 else ("while_loop",)
+        for cap in caps:
+            for driver in drivers:
+
+                def replica_step(x, y, cap=cap, driver=driver):
+                    closure = kd.Closure(model, x, y)
+                    grads = closure.gradient()
+                    operator = closure.gauss_newton_operator()
+                    matvec = operator if driver == "while_loop" else lambda v: operator(v)
+                    result = solvers.conjugate_gradient(
+                        matvec, [-g for g in grads], damping=DAMPING, max_iterations=cap,
+                        tol=tol, epsilon=0.0, save_iterates=False, dot=closure.dot,
+                        unroll=closure.distributed,
+                    )
+                    return result.num_iterations, result.x
+
+                step = tf.function(lambda x, y, f=replica_step: strategy.run(f, args=(x, y)))
+                block = lambda out: [  # noqa: E731
+                    t.numpy() for t in tf.nest.flatten(strategy.experimental_local_results(out))
+                ]
+                seconds = benchmark_curvature.median_seconds(
+                    lambda: step(x_dist, y_dist), repeats, block
+                )
+                iterations = strategy.experimental_local_results(step(x_dist, y_dist)[0])[0]
+                out[(replicas, cap, driver)] = (seconds, int(iterations))
+    return out
+
+
 def format_table(results):
     """The table of ``{model: times}`` (see `run_model`): ms and ratios."""
     columns = [c for c in ("tf", "xla", "jax") if any(c in t for t in results.values())]
@@ -255,6 +320,17 @@ def main(argv):
             use_jax = False
     quick = FLAGS.quick
     repeats = min(FLAGS.repeats, 3) if quick else FLAGS.repeats
+    if FLAGS.distributed:
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        timings = time_distributed(quick, FLAGS.batch_size, (10, 100), FLAGS.cg_tol, repeats)
+        print(f"CG step on the MLP (batch {FLAGS.batch_size}, cg_tol {FLAGS.cg_tol}):")
+        for (replicas, cap, driver), (seconds, iterations) in timings.items():
+            print(f"  replicas={replicas} cap={cap:<4} {driver:<11} {seconds * 1e3:9.2f} ms "
+                  f"({iterations} CG iterations)")
+        return
     results = {}
     for name in FLAGS.models:
         batch = FLAGS.rnn_batch_size if name.startswith("rnn") else FLAGS.batch_size

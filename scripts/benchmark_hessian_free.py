@@ -172,23 +172,21 @@ def run_model(name, batch_size, cg_iterations, repeats, use_jax, quick):
     return times, solutions
 
 
-class _BatchTimer:
-    """A Keras callback recording the wall time of every training batch."""
+def _batch_timer():
+    """A Keras callback recording the wall time of every training batch in ``seconds``."""
+    import keras
 
-    def __new__(cls):
-        import keras
+    class BatchTimer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seconds = []
 
-        class Timer(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.seconds = []
+        def on_train_batch_begin(self, batch, logs=None):
+            self._start = time.perf_counter()
 
-            def on_train_batch_begin(self, batch, logs=None):
-                self._start = time.perf_counter()
+        def on_train_batch_end(self, batch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return Timer()
+    return BatchTimer()
 
 
 def time_fit(quick, batch_size, cg_iterations, steps, jit_compile):
@@ -215,7 +213,7 @@ def time_fit(quick, batch_size, cg_iterations, steps, jit_compile):
             jit_compile=jit_compile,
         )
         x, y = curvature_nets.random_batch(model, batch_size * (steps + 2))
-        timer = _BatchTimer()
+        timer = _batch_timer()
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=[timer],
                   shuffle=False)
         out[name] = statistics.median(timer.seconds[2:])  # the first two trace/compile
@@ -324,7 +322,8 @@ def main(argv):
         import tensorflow as tf
 
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        two = [tf.config.LogicalDeviceConfiguration()] * 2
+        tf.config.set_logical_device_configuration(cpu, two)
         timings = time_distributed(quick, FLAGS.batch_size, (10, 100), FLAGS.cg_tol, repeats)
         print(f"CG step on the MLP (batch {FLAGS.batch_size}, cg_tol {FLAGS.cg_tol}):")
         for (replicas, cap, driver), (seconds, iterations) in timings.items():

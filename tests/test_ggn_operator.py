@@ -159,4 +159,4 @@ def test_gauss_newton_runs_one_forward_pass_per_step(mode, passes, monkeypatch):
 
 def test_bad_mode_is_named():
     with pytest.raises(ValueError, match="mode.*'reverse'"):
-        GaussNewtonOperator(lambda p: p[0], [tf.ones(2)], lambda o: tf.reduce_sum(o), mode="reverse")
+        GaussNewtonOperator(lambda p: p[0], [tf.ones(2)], tf.reduce_sum, mode="reverse")

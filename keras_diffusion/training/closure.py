@@ -19,7 +19,8 @@ of the per-replica losses is the objective of the global batch. Accordingly:
   replicated (identical on every replica);
 - ``distributed`` tells whether that all-reduce happens; TensorFlow forbids it inside
   ``tf.while_loop``, so iterative solvers then run with ``unroll=True``
-  (``keras_diffusion.curvature``);
+  (``keras_diffusion.curvature``), except on ``gauss_newton_operator()``, which a solver
+  runs once across replicas in a ``tf.while_loop`` that stops early;
 - ``dot`` is therefore the plain local dot product of replicated vectors (summing it over
   replicas would count it ``num_replicas`` times); ``all_reduce`` sums a list of per-replica
   tensors for quantities an optimizer builds from the local functions itself.

@@ -67,6 +67,24 @@ def random_batch(model, batch_size, seed=0):
 # JAX twins. Imported lazily so the package works without JAX installed.
 
 
+def jax_cross_entropy(logits, y):
+    """Mean softmax cross-entropy of integer labels ``y`` (Keras' sparse CE on logits)."""
+    import jax
+    import jax.numpy as jnp
+
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+def jax_cross_entropy_hessian(logits, u):
+    """``H_L u`` of `jax_cross_entropy` in the logits: ``(diag(p) - p p^T) u / N``."""
+    import jax
+    import jax.numpy as jnp
+
+    probs = jax.nn.softmax(logits)
+    return (probs * u - probs * jnp.sum(probs * u, axis=1, keepdims=True)) / logits.shape[0]
+
+
 def jax_forward(name):
     """The JAX twin of the Keras model called ``name``: ``f(params, x) -> logits``."""
     import jax

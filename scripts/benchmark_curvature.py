@@ -44,7 +44,8 @@ def define_flags():
 PRODUCTS = ("gradient", "jvp", "vjp", "ggn_vp", "hvp")
 
 
-def _keras_model(name, quick):
+def keras_model(name, quick):
+    """The benchmark network ``name`` (issue sizes, or tiny ones with ``quick``)."""
     from models import curvature_nets
 
     if name == "mlp":
@@ -57,7 +58,8 @@ def _keras_model(name, quick):
     raise app.UsageError(f"Unknown model {name!r}; choose from mlp, lenet5, rnn_unrolled, rnn_loop.")
 
 
-def _median_seconds(fn, repeats, block):
+def median_seconds(fn, repeats, block):
+    """Median wall time of ``block(fn())`` over ``repeats`` calls, after two warm-up calls."""
     block(fn())  # warm-up: traces and compiles
     block(fn())
     times = []
@@ -68,12 +70,15 @@ def _median_seconds(fn, repeats, block):
     return statistics.median(times)
 
 
-def _tf_products(model, x, y, jit_compile):
-    """The five products as ``tf.function``s of (params, vector, cotangent)."""
+def tf_problem(model, x, y):
+    """``(outputs_fn, loss_fn, gradient, hessian)`` of softmax cross-entropy on ``(x, y)``.
+
+    ``outputs_fn(params)`` are the logits, ``loss_fn(params)`` the mean loss,
+    ``gradient(params)`` its gradient and ``hessian`` the analytic ``H_L`` in the logits.
+    """
     import keras
     import tensorflow as tf
 
-    from keras_diffusion import curvature
     from keras_diffusion.curvature import loss_hessians
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -86,19 +91,31 @@ def _tf_products(model, x, y, jit_compile):
     def loss_fn(params):
         return loss(y, outputs_fn(params))
 
-    def gradient(params, v, u):
+    def gradient(params):
         with tf.GradientTape() as tape:
             tape.watch(params)
             value = loss_fn(params)
         return tape.gradient(value, params)
+
+    return outputs_fn, loss_fn, gradient, loss_hessians.from_keras_loss(loss, y_true=y)
+
+
+def _tf_products(model, x, y, jit_compile):
+    """The five products as ``tf.function``s of (params, vector, cotangent)."""
+    import tensorflow as tf
+
+    from keras_diffusion import curvature
+
+    outputs_fn, loss_fn, loss_gradient, hessian = tf_problem(model, x, y)
+
+    def gradient(params, v, u):
+        return loss_gradient(params)
 
     def jvp(params, v, u):
         return curvature.jvp(outputs_fn, params, v)[1]
 
     def vjp(params, v, u):
         return curvature.vjp(outputs_fn, params, u)
-
-    hessian = loss_hessians.from_keras_loss(loss, y_true=y)
 
     def ggn_vp(params, v, u):
         return curvature.ggn_vp(outputs_fn, None, params, v, loss_hessian=hessian)
@@ -122,7 +139,7 @@ def _time_tf(model, x, y, jit_compile, repeats):
     rows = {}
     for name, fn in _tf_products(model, x, y, jit_compile).items():
         call = lambda fn=fn: fn(params, v, u)  # noqa: E731
-        rows[name] = (_median_seconds(call, repeats, block), _peak_bytes(call, block))
+        rows[name] = (median_seconds(call, repeats, block), _peak_bytes(call, block))
     return rows
 
 
@@ -157,17 +174,12 @@ def _time_jax(model, x, y, repeats):
     def outputs_fn(p):
         return forward(p, x)
 
-    def loss_of_logits(logits):
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
-
     def loss_fn(p):
-        return loss_of_logits(outputs_fn(p))
+        return curvature_nets.jax_cross_entropy(outputs_fn(p), y)
 
     def ggn_vp(p, v, u):
         logits, jv = jax.jvp(outputs_fn, (p,), (v,))
-        probs = jax.nn.softmax(logits)
-        hjv = (probs * jv - probs * jnp.sum(probs * jv, axis=1, keepdims=True)) / x.shape[0]
+        hjv = curvature_nets.jax_cross_entropy_hessian(logits, jv)
         return jax.vjp(outputs_fn, p)[1](hjv)[0]
 
     fns = dict(
@@ -181,7 +193,7 @@ def _time_jax(model, x, y, repeats):
     rows = {}
     for name, fn in fns.items():
         jitted = jax.jit(fn)
-        seconds = _median_seconds(lambda jitted=jitted: jitted(params, v, u), repeats, block)
+        seconds = median_seconds(lambda jitted=jitted: jitted(params, v, u), repeats, block)
         memory = jitted.lower(params, v, u).compile().memory_analysis()
         rows[name] = (seconds, getattr(memory, "temp_size_in_bytes", float("nan")))
     return rows
@@ -219,7 +231,7 @@ def run(model_names, batch_size, rnn_batch_size, repeats, use_jax, quick):
 
     results = {}
     for name in model_names:
-        model = _keras_model(name, quick)
+        model = keras_model(name, quick)
         batch = rnn_batch_size if name.startswith("rnn") else batch_size
         x, y = curvature_nets.random_batch(model, batch)
         results[name] = {

@@ -77,3 +77,70 @@ def test_two_replicas_match_one_device_on_the_same_global_batch(mirrored_strateg
     for key, value in results[0].items():
         np.testing.assert_allclose(results[1][key], value, rtol=1e-4, atol=1e-6)
 
+
+
+def test_cg_on_a_replica_sum_operator_stops_early_under_the_strategy(mirrored_strategy):
+    """One solve across replicas in a tf.while_loop: as many products as iterations taken,
+    not the cap (the unrolled loop paid the cap), and the dense solution."""
+    from dense_blocks import N, blocks, flat, operator, symmetric
+
+    from keras_diffusion.curvature import solvers
+    from keras_diffusion.curvature.cross_replica import ReplicaSumOperator
+
+    halves = np.stack([symmetric(np.linspace(1.0, 3.0, N), seed) for seed in (0, 1)])
+    extra = np.diag(np.linspace(0.5, 1.0, N))
+    rhs = np.random.default_rng(2).normal(size=N)
+    products = tf.Variable(0)  # not mirrored: counts every replica's local product
+
+    @tf.function
+    def solve():
+        def replica_fn():
+            # The replica's share, bound now (a local product runs in cross-replica context).
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            local = operator(tf.gather(tf.constant(halves), replica))
+
+            def counted(v):
+                with tf.control_dependencies([products.assign_add(1)]):
+                    return [tf.identity(t) for t in local(v)]
+
+            summed = ReplicaSumOperator(
+                counted, tf.distribute.get_replica_context(),
+                extra=operator(tf.constant(extra)),
+            )
+            assert summed.distributed
+            return solvers.conjugate_gradient(
+                summed, blocks(rhs), damping=0.1, max_iterations=100, tol=1e-10,
+                unroll=True,  # ignored: the operator drives the solve
+            )
+
+        return mirrored_strategy.run(replica_fn)
+
+    result = solve()
+    iterations = int(result.num_iterations)
+    assert iterations <= N + 2 < 100
+    assert int(products.numpy()) == 2 * iterations
+    expected = np.linalg.solve(halves.sum(0) + extra + 0.1 * np.eye(N), rhs)
+    np.testing.assert_allclose(flat(result.x), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_gauss_newton_stops_early_on_two_replicas_as_on_one(mirrored_strategy):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    keras.utils.set_random_seed(1)
+    init = _build().get_weights()
+    runs = []
+    for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
+        with strategy.scope():
+            model = _build()
+            model.set_weights(init)
+            model.compile(optimizer=GaussNewton(damping=1.0, cg_max_iterations=100,
+                                               cg_tol=1e-5), loss="mse")
+        history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+        runs.append((model, history.history))
+    (single, single_history), (double, double_history) = runs
+    np.testing.assert_allclose(double_history["loss"], single_history["loss"], rtol=1e-5)
+    assert double_history["cg_iterations"] == single_history["cg_iterations"]
+    assert max(single_history["cg_iterations"]) < 100
+    for a, b in zip(double.get_weights(), single.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -6,6 +6,10 @@ from keras_diffusion.curvature.forward import (  # noqa: E402,F401
     jvp,
     vjp,
 )
+from keras_diffusion.curvature.cross_replica import ReplicaSumOperator  # noqa: E402,F401
+from keras_diffusion.curvature.gauss_newton_operator import (  # noqa: E402,F401
+    GaussNewtonOperator,
+)
 from keras_diffusion.curvature.loss_hessians import (  # noqa: E402,F401
     LossHessian,
     OutputFisher,

@@ -109,7 +109,9 @@ def _generic_output_hessian(loss_fn, mode):
     return product
 
 
-def _output_hessian(loss_fn, loss_hessian, mode):
+def output_hessian(loss_fn, loss_hessian, mode="auto"):
+    """``(outputs, u) -> H_L u``: ``loss_hessian`` (a callable or a nest of them), else the
+    Hessian of ``loss_fn`` in the outputs by forward-over-reverse (see :func:`ggn_vp`)."""
     if loss_hessian is None:
         if loss_fn is None:
             raise ValueError(
@@ -172,13 +174,22 @@ def ggn_vp(outputs_fn, loss_fn, params, vectors, mode="auto", loss_hessian=None)
     ...             loss_hessian=from_keras_loss(loss, y_true=y))               # analytic
     """
     params = forward.as_list(params, "params")
-    output_hessian = _output_hessian(loss_fn, loss_hessian, mode)
+    hessian = output_hessian(loss_fn, loss_hessian, mode)
     lin = forward.linearize(outputs_fn, params, vectors, mode)
+    return gauss_newton_product(lin, lin.jvp, hessian)
+
+
+def gauss_newton_product(lin, jv, hessian):
+    """``J^T H_L (J v)`` from a linearization ``lin`` and its ``jv = J v``.
+
+    Half-precision outputs and ``J v`` are cast to float32 before ``hessian`` (an
+    ``(outputs, u) -> H_L u`` callable, see :func:`output_hessian`) is applied.
+    """
     outputs = tf.nest.map_structure(
         lambda o: tf.stop_gradient(forward.to_float32(o)), lin.outputs
     )
-    jv = tf.nest.map_structure(forward.to_float32, lin.jvp)
-    return lin.vjp(output_hessian(outputs, jv))
+    jv = tf.nest.map_structure(forward.to_float32, jv)
+    return lin.vjp(hessian(outputs, jv))
 
 
 def fisher_vp(outputs_fn, params, vectors, distribution, mode="auto", variance=1.0):

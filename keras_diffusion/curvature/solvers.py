@@ -23,8 +23,8 @@ import math
 import tensorflow as tf
 
 from keras_diffusion import validation
+from keras_diffusion.curvature import cross_replica, loops
 from keras_diffusion.curvature import linear_operator as lo
-from keras_diffusion.curvature import loops
 
 # Stop reasons (the ``stop_reason`` field of the results; names in `STOP_REASONS`).
 MAX_ITERATIONS = 0
@@ -113,6 +113,7 @@ def diagonal_preconditioner(diagonal):
     return lambda v: [x / d for x, d in zip(v, diagonal)]
 
 
+@cross_replica.solve_across_replicas
 def conjugate_gradient(
     matvec,
     b,
@@ -170,7 +171,10 @@ def conjugate_gradient(
             ``closure.ggn_vp`` in a ``MirroredStrategy`` train step, where
             ``closure.distributed``): TensorFlow forbids that ``merge_call`` inside
             ``tf.while_loop``. The graph grows linearly with ``max_iterations``, and every
-            unrolled iteration costs one matvec even after the stop.
+            unrolled iteration costs one matvec even after the stop. Not needed for a
+            ``matvec`` that is a `cross_replica.ReplicaSumOperator` (e.g.
+            ``closure.gauss_newton_operator()``): the solve then runs once across replicas
+            in a ``tf.while_loop`` and stops early (``unroll`` is ignored).
 
     Returns:
         A `CGResult`. ``iterates``/``iterations``/``phi`` have a static leading size
@@ -183,8 +187,12 @@ def conjugate_gradient(
     result = conjugate_gradient(lambda v: ggn_vp(loss_fn, params, v), neg_grad,
                                 x0=previous_step, damping=lam, max_iterations=100)
     step, candidates = result.x, result.iterates
-    # Inside a MirroredStrategy train step, with all-reducing closure products:
-    step = conjugate_gradient(closure.ggn_vp, neg_grad, damping=lam, dot=closure.dot,
+    # Inside a MirroredStrategy train step: the operator drives the solve across replicas
+    # (one merge_call, a tf.while_loop that stops early).
+    step = conjugate_gradient(closure.gauss_newton_operator(), neg_grad, damping=lam,
+                              dot=closure.dot).x
+    # Any other all-reducing matvec (closure.hvp) needs the unrolled loop.
+    step = conjugate_gradient(closure.hvp, neg_grad, damping=lam, dot=closure.dot,
                               unroll=closure.distributed).x
     ```
     """
@@ -285,6 +293,7 @@ def conjugate_gradient(
     )
 
 
+@cross_replica.solve_across_replicas
 def minres(matvec, b, x0=None, *, preconditioner=None, damping=0.0, max_iterations=250,
            tol=1e-6, dot=lo.dot, unroll=False):
     """MINRES (Paige & Saunders 1975) for symmetric, possibly indefinite ``(A + damping I)``.

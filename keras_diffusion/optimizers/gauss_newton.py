@@ -22,17 +22,16 @@ from keras_diffusion.optimizers.hessian_free import HessianFree
 class GaussNewton(HessianFree):
     """Damped Gauss-Newton steps ``theta <- theta + learning_rate * d``.
 
-    ``d`` approximately solves ``(G + damping I) d = -g`` by conjugate gradient (unrolled
-    inside ``strategy.run``, as all-reduces cannot sit in a ``tf.while_loop``) with the
-    closure's all-reduced products, so it gives the same steps on one device and on several
-    replicas. The loss must have a Gauss-Newton form (squared error, or a cross-entropy on
+    ``d`` approximately solves ``(G + damping I) d = -g`` by conjugate gradient with the
+    closure's Gauss-Newton operator (one recorded forward pass per step; under
+    ``strategy.run`` one solve across replicas that stops early), so it gives the same steps
+    on one device and on several replicas. The loss must have a Gauss-Newton form (squared error, or a cross-entropy on
     logits; see ``Closure.check_gauss_newton``): others are refused at the first step.
 
     Args:
         damping: Tikhonov damping ``lambda > 0`` (finite) added to the Gauss-Newton matrix;
             the value in use is the variable ``optimizer.damping``.
-        cg_max_iterations: maximum number of CG iterations per step (under a distribution
-            strategy they are unrolled: the train step's graph grows linearly with it).
+        cg_max_iterations: maximum number of CG iterations per step.
         cg_tol: CG stops when ``||r|| <= cg_tol * ||g||``.
         learning_rate: scale of the step (1.0: the full Gauss-Newton step).
         curvature_fraction: fraction of each batch for the ``G`` products (see

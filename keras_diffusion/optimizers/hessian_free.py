@@ -20,9 +20,11 @@ structural damping, eqs. 4.35-4.36). Each step, on one batch:
    loss, gradient, curvature (the CG model value) or ``rho`` keeps the weights, grows
    ``lambda`` and counts the step in ``rejected_steps``.
 
-Under ``tf.distribute`` (``closure.distributed``) the CG, backtracking and line-search loops
-run unrolled to their caps (all-reduces cannot sit in a ``tf.while_loop``), giving the same
-steps as one device.
+Under ``tf.distribute`` (``closure.distributed``) the Gauss-Newton CG solve runs once across
+replicas in a ``tf.while_loop`` and stops early as on one device
+(``keras_diffusion.curvature.cross_replica``); the Hessian, Fisher and structurally damped
+solves, the backtracking and the line search run unrolled to their caps (all-reduces cannot
+sit in a ``tf.while_loop``). Either way the steps equal those of one device.
 """
 
 import keras
@@ -44,7 +46,8 @@ def curvature_matvec(closure, curvature, fisher_distribution="categorical", fish
 
     Args:
         closure: the step's ``Closure``.
-        curvature: ``"gauss_newton"`` (``closure.ggn_vp``), ``"hessian"`` (``closure.hvp``)
+        curvature: ``"gauss_newton"`` (``closure.gauss_newton_operator()``: the products of
+            ``closure.ggn_vp`` from one recorded forward pass), ``"hessian"`` (``closure.hvp``)
             or ``"fisher"`` (``closure.fisher_vp`` of ``fisher_distribution``; Pascanu 2014
             sec. 4.3.1, equal to the Gauss-Newton matrix for the matching loss).
         structural_layers: recurrent layers whose hidden states are damped; with them the
@@ -61,7 +64,7 @@ def curvature_matvec(closure, curvature, fisher_distribution="categorical", fish
     if curvature == "fisher":
         return lambda v: closure.fisher_vp(v, distribution=fisher_distribution,
                                            variance=fisher_variance)
-    return closure.ggn_vp
+    return closure.gauss_newton_operator()
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")

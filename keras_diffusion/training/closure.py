@@ -19,7 +19,8 @@ of the per-replica losses is the objective of the global batch. Accordingly:
   replicated (identical on every replica);
 - ``distributed`` tells whether that all-reduce happens; TensorFlow forbids it inside
   ``tf.while_loop``, so iterative solvers then run with ``unroll=True``
-  (``keras_diffusion.curvature``);
+  (``keras_diffusion.curvature``), except on ``gauss_newton_operator()``, which a solver
+  runs once across replicas in a ``tf.while_loop`` that stops early;
 - ``dot`` is therefore the plain local dot product of replicated vectors (summing it over
   replicas would count it ``num_replicas`` times); ``all_reduce`` sums a list of per-replica
   tensors for quantities an optimizer builds from the local functions itself.
@@ -64,6 +65,8 @@ import tensorflow as tf
 
 from keras_diffusion import compat, probes, validation
 from keras_diffusion.curvature import float32_policy, linear_operator, loss_hessians, products
+from keras_diffusion.curvature.cross_replica import ReplicaSumOperator
+from keras_diffusion.curvature.gauss_newton_operator import GaussNewtonOperator
 from keras_diffusion.training import gauss_newton_form
 
 
@@ -385,21 +388,54 @@ class Closure:
         Hessian of the compiled loss in the outputs (analytic for matching output/loss
         pairs, see ``keras_diffusion.curvature.products.ggn_vp``) and ``R''`` the Hessian of the
         weight regularizers. ``add_loss`` terms computed in ``call`` are not part of ``G``.
+        Each call runs its own forward pass; for many products at the same weights (a CG
+        solve) use ``gauss_newton_operator``.
+        """
+        return self.gauss_newton_operator(params, mode="forward")(vectors)
+
+    def gauss_newton_operator(self, params=None, mode="auto"):
+        """``matvec(vectors) -> list``: ``ggn_vp(vectors, params)``, linearized once.
+
+        The same global (all-reduced) product as ``ggn_vp``, regularizer Hessian included,
+        on the curvature sub-batch, in float32 under mixed precision; but with the default
+        ``mode`` the forward pass at ``params`` runs once, here, and every call of
+        ``matvec`` reuses it (``keras_diffusion.curvature.gauss_newton_operator``: ``J v``
+        and ``J^T u`` through the recorded pass, Martens 2010 sec. 4.2). Build one per
+        step, at the weights of that step, and pass it to the solver:
+
+        ```python
+        matvec = closure.gauss_newton_operator()
+        step = conjugate_gradient(matvec, neg_grad, damping=lam, dot=closure.dot).x
+        ```
+
+        Under a distribution strategy (``distributed``) ``matvec`` is a
+        ``keras_diffusion.curvature.cross_replica.ReplicaSumOperator``: called, it
+        all-reduces like ``ggn_vp``; given to a solver of ``keras_diffusion.curvature``, the
+        whole solve runs once across replicas in a ``tf.while_loop`` and stops early (no
+        unrolling).
+
+        Args:
+            params: the weights (default: the closure's).
+            mode: ``"auto"``, ``"recorded"``, ``"forward"`` or ``"double_backward"`` (see
+                ``GaussNewtonOperator``; ``"forward"`` recomputes the pass per call, as
+                ``ggn_vp`` does).
         """
         params = self._params(params)
         curvature = self.curvature
-        local = products.ggn_vp(
+        local = GaussNewtonOperator(
             curvature.outputs,
-            curvature.loss_from_outputs,
             params,
-            vectors,
+            curvature.loss_from_outputs,
             loss_hessian=curvature.loss_hessian(),
+            mode=mode,
         )
-        total = self.all_reduce(local)
+        extra = None
         if any(getattr(v, "regularizer", None) is not None for v in self.variables):
-            reg = products.hvp(self.regularization, params, vectors)
-            total = [t + r for t, r in zip(total, reg)]
-        return total
+
+            def extra(vectors):
+                return products.hvp(self.regularization, params, vectors)
+
+        return ReplicaSumOperator(local, self._ctx, extra)
 
 
 def _leading_part(batch, fraction):

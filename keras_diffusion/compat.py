@@ -22,6 +22,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.losses import loss as _loss_module
 from keras.src.losses.losses import LossFunctionWrapper
 from tensorflow.core.framework import summary_pb2
+from tensorflow.python.eager import forwardprop_util as _forwardprop_util
 from tensorflow.python.eager import record as _record
 
 TESTED_KERAS = (">=3.10", "<3.16")
@@ -39,6 +40,7 @@ __all__ = [
     "distributed_update_step",
     "flat_losses",
     "flatten_layers",
+    "has_forward_tangents",
     "in_object_sharing_scope",
     "loss_tracker",
     "maybe_merge_call",
@@ -160,6 +162,12 @@ def maybe_merge_call(fn, strategy, *args, **kwargs):
 def tape_is_recording():
     """Whether any ``GradientTape`` or ``ForwardAccumulator`` may record the ops run now."""
     return _record.could_possibly_record()
+
+
+def has_forward_tangents(tensors):
+    """Whether a ``tf.autodiff.ForwardAccumulator`` carries a tangent for any of ``tensors``
+    (forward-mode products are being computed through them)."""
+    return bool(_forwardprop_util.pack_tangents(list(tensors)).tangents)
 
 
 def rnn_loop(*args, **kwargs):

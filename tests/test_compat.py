@@ -399,3 +399,14 @@ def test_set_initial_epoch_is_read_by_fit():
     assert history.epoch == [2], "Keras's fit no longer reads model._initial_epoch"
     compat.set_initial_epoch(model, None)
     assert model.fit(x, y, epochs=2, verbose=0).epoch == [0, 1]
+
+
+def test_has_forward_tangents_sees_forward_accumulators():
+    x = tf.constant([1.0, 2.0])
+    assert not compat.has_forward_tangents([x])
+    with tf.autodiff.ForwardAccumulator(x, tf.ones_like(x)):
+        y = 2.0 * x
+        assert compat.has_forward_tangents([y]), (
+            "tensorflow.python.eager.forwardprop_util.pack_tangents no longer reports the "
+            "tangents of a ForwardAccumulator")
+        assert not compat.has_forward_tangents([tf.constant(1.0)])

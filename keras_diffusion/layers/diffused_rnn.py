@@ -177,7 +177,13 @@ class DiffusedRNN(keras.layers.Layer):
             def hidden_moments(state):
                 return scaled_moments(scaled, state, ratio, spread)
 
-        if parameters is not None and not self.unroll:
+        if (
+            parameters is not None
+            and not self.unroll
+            # Forward-mode products (ForwardAccumulator) cannot go through the compiled op's
+            # hand-written gradient: they would be silently wrong. The plain loop is exact.
+            and not compat.has_forward_tangents([step_inputs, step_first, recurrent_kernel])
+        ):
             # The recurrence as one compiled op, term (3) from the stored u_0 .. u_{T-1}.
             inputs = ops.transpose(step_inputs, (1, 0, 2))  # time-major
             if self.go_backwards:

@@ -60,6 +60,15 @@ from keras_diffusion import validation
 from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer
 
 
+def _select(predicate, first, second):
+    """``first`` if ``predicate`` else ``second`` (lists of tensors or variables), by tf.cond."""
+    return tf.cond(
+        predicate,
+        lambda: [tf.identity(t) for t in first],
+        lambda: [tf.identity(t.value if isinstance(t, keras.Variable) else t) for t in second],
+    )
+
+
 def _unit_interval(name, value, hint):
     number = validation.real(name, value, hint)
     if not 0.0 <= number < 1.0:
@@ -146,16 +155,22 @@ class _LocalEntropy(ClosureOptimizer):
         outer = count // L
         gamma = self.scoped_gamma(outer)
         evaluation = tf.identity(self.gradient_evaluations.value)
-        # The anchor z is x until the first outer step (its variables start at zero).
-        z = [tf.where(count == 0, p, a.value) for p, a in zip(x, self.anchor)]
-        y = [tf.where(start, zi, v.value) for zi, v in zip(z, self.inner_iterate)]
-        mu = [tf.where(start, self.restart_average(zi), v.value) for zi, v in zip(z, self.average)]
+        # The anchor z is x until the first outer step (its variables start at zero). The
+        # selections are tf.cond, not tf.where: no copy of the weights on the common path.
+        z = _select(count == 0, x, self.anchor)
+        y = _select(start, z, self.inner_iterate)
+        mu = _select(start, [self.restart_average(zi) for zi in z], self.average)
         loss, y_new, mu_new = self.inner(z, y, mu, phase, gamma, closure, evaluation)
         lr = tf.cast(self.learning_rate, "float32")
-        x_outer = [zi - lr * d for zi, d in zip(z, self.direction(z, mu_new, gamma))]
-        x_new = [tf.where(last, xo, p) for xo, p in zip(x_outer, x)]
-        z_outer = [xo + self.momentum * (xo - p) for xo, p in zip(x_outer, x)]
-        z_new = [tf.where(last, zo, zi) for zo, zi in zip(z_outer, z)]
+
+        def outer_step():
+            x_outer = [zi - lr * d for zi, d in zip(z, self.direction(z, mu_new, gamma))]
+            if not self.momentum:
+                return x_outer + x_outer
+            return x_outer + [xo + self.momentum * (xo - p) for xo, p in zip(x_outer, x)]
+
+        new = tf.cond(last, outer_step, lambda: [tf.identity(t) for t in x + z])
+        x_new, z_new = new[: len(x)], new[len(x):]
         self.gradient_evaluations.assign(evaluation + 1)
         accepted = self.assign_if_finite(
             list(closure.variables) + self.anchor + self.inner_iterate + self.average,
@@ -263,6 +278,8 @@ class EntropySGD(_LocalEntropy):
         if self.extrinsic_noise > 0:
             scale = (eta_y * self.extrinsic_noise) ** 0.5
             y_new = [yi + scale * e for yi, e in zip(y_new, self.noise(y, evaluation))]
+        if not self.alpha:
+            return loss, y_new, y_new  # the last iterate (HJ)
         mu_new = [self.alpha * m + (1.0 - self.alpha) * yi for m, yi in zip(mu, y_new)]
         return loss, y_new, mu_new
 

@@ -8,7 +8,9 @@ pass at the anchor ``x`` (the closure train step logs the anchor's loss and keep
 statistics on ``x``, see ``keras_diffusion/optimizers/local_entropy.py``) and the update
 arithmetic on ``x, y, <y>, z``. The table gives, for each optimizer, the median time per step,
 its ratio to SGD's (Nesterov momentum 0.9, ``keras.optimizers.SGD``), and the ratio with the
-measured time of one forward pass (``training=True``) subtracted.
+measured time of one forward pass (``training=True``) subtracted. Times are process CPU time
+with one TensorFlow thread (``--threads``), so that other jobs on the machine do not distort
+the ratios.
 
 The model is mnistfc (Chaudhari et al. 2018, sec. 8.2.1: 784 -> drop -> [fc 1024 -> ReLU -> BN
 -> drop] x 2 -> fc 10) on random data, batch 128.
@@ -39,6 +41,7 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 128, "Batch size (paper: 128).", lower_bound=1)
     flags.DEFINE_integer("steps", 50, "Train steps per timed repeat.", lower_bound=1)
     flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).", lower_bound=1)
+    flags.DEFINE_integer("threads", 1, "TensorFlow intra- and inter-op threads.", lower_bound=1)
 
 
 def _optimizer(name):
@@ -63,14 +66,14 @@ def _median(fn, repeats):
     fn()  # warm-up: traces and compiles
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 
-def run(inputs, width, batch_size, steps, repeats):
-    """``{name: seconds per step}`` for every optimizer and ``"forward"`` (one forward pass)."""
+def run(inputs, width, batch_size, steps, repeats, optimizers=OPTIMIZERS):
+    """``{name: seconds per step}`` for ``optimizers`` (with ``"sgd"``) and ``"forward"``."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -81,7 +84,7 @@ def run(inputs, width, batch_size, steps, repeats):
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache().repeat()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     seconds = {}
-    for name in OPTIMIZERS:
+    for name in dict.fromkeys(("sgd",) + tuple(optimizers)):
         keras.backend.clear_session()
         keras.utils.set_random_seed(0)
         model = _model(inputs, width)
@@ -116,7 +119,7 @@ def table(seconds):
         "|---|---|---|---|",
         f"| forward pass only | {1e3 * forward:.2f} | {forward / sgd:.2f} | |",
     ]
-    for name in OPTIMIZERS:
+    for name in (n for n in OPTIMIZERS if n in seconds):
         extra = "" if name == "sgd" else f"{(seconds[name] - forward) / sgd:.2f}"
         lines.append(f"| {name} | {1e3 * seconds[name]:.2f} | {seconds[name] / sgd:.2f} | {extra} |")
     return "\n".join(lines)
@@ -124,6 +127,10 @@ def table(seconds):
 
 def main(argv):
     del argv
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     quick = FLAGS.quick
     seconds = run(
         inputs=64 if quick else FLAGS.inputs,

@@ -180,6 +180,7 @@ def run(config):
             "gradient_evaluations": runs[0]["gradient_evaluations"],
             "steps": runs[0]["steps"],
         }
+        print(f"{method}: lr {best:g} (search {scores}), final errors {final.round(2)}", flush=True)
     return results
 
 

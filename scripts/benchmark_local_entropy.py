@@ -41,6 +41,7 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 128, "Batch size (paper: 128).", lower_bound=1)
     flags.DEFINE_integer("steps", 50, "Train steps per timed repeat.", lower_bound=1)
     flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).", lower_bound=1)
+    flags.DEFINE_bool("jit_compile", False, "Compile the train steps with XLA.")
     flags.DEFINE_integer("threads", 1, "TensorFlow intra- and inter-op threads.", lower_bound=1)
 
 
@@ -72,7 +73,7 @@ def _median(fn, repeats):
     return statistics.median(times)
 
 
-def run(inputs, width, batch_size, steps, repeats, optimizers=OPTIMIZERS):
+def run(inputs, width, batch_size, steps, repeats, optimizers=OPTIMIZERS, jit_compile=False):
     """``{name: seconds per step}`` for ``optimizers`` (with ``"sgd"``) and ``"forward"``."""
     import keras
     import numpy as np
@@ -88,7 +89,7 @@ def run(inputs, width, batch_size, steps, repeats, optimizers=OPTIMIZERS):
         keras.backend.clear_session()
         keras.utils.set_random_seed(0)
         model = _model(inputs, width)
-        model.compile(optimizer=_optimizer(name), loss=loss)
+        model.compile(optimizer=_optimizer(name), loss=loss, jit_compile=jit_compile)
 
         model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)  # builds train_function
         iterator = iter(data)
@@ -100,7 +101,9 @@ def run(inputs, width, batch_size, steps, repeats, optimizers=OPTIMIZERS):
 
         seconds[name] = _median(train, repeats) / steps
         if name == "sgd":
-            forward = tf.function(lambda b, model=model: model(b, training=True))
+            forward = tf.function(
+                lambda b, model=model: model(b, training=True), jit_compile=jit_compile
+            )
             batches = [tf.constant(x[i * batch_size:(i + 1) * batch_size]) for i in range(steps)]
 
             def forwards(forward=forward, batches=batches):
@@ -121,7 +124,8 @@ def table(seconds):
     ]
     for name in (n for n in OPTIMIZERS if n in seconds):
         extra = "" if name == "sgd" else f"{(seconds[name] - forward) / sgd:.2f}"
-        lines.append(f"| {name} | {1e3 * seconds[name]:.2f} | {seconds[name] / sgd:.2f} | {extra} |")
+        ratio = seconds[name] / sgd
+        lines.append(f"| {name} | {1e3 * seconds[name]:.2f} | {ratio:.2f} | {extra} |")
     return "\n".join(lines)
 
 
@@ -138,6 +142,7 @@ def main(argv):
         batch_size=16 if quick else FLAGS.batch_size,
         steps=5 if quick else FLAGS.steps,
         repeats=1 if quick else FLAGS.repeats,
+        jit_compile=FLAGS.jit_compile,
     )
     print(table(seconds))
 

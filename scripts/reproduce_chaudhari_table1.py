@@ -5,7 +5,8 @@ softmax cross-entropy) on MNIST, batch 128, momentum 0.9 (sec. 7.4), and reports
 error (%) at the number of *effective epochs* (Remark 22: epochs times the gradient
 evaluations per update) for 6 seeds:
 
-    Entropy-SGD 1.08 +- 0.02 @ 120 | HEAT 1.13 +- 0.02 @ 200 | HJ 1.17 +- 0.04 @ 200 | SGD 1.10 +- 0.01 @ 194
+    Entropy-SGD 1.08 +- 0.02 @ 120 | HEAT 1.13 +- 0.02 @ 200
+    HJ 1.17 +- 0.04 @ 200          | SGD 1.10 +- 0.01 @ 194
 
 This script runs the same comparison in small, offline: the ``sklearn`` digits (8 x 8 images,
 1797 samples; 1297 for training, 500 for validation, a fixed split), the mnistfc architecture
@@ -52,7 +53,7 @@ def define_flags():
     """Defines the flags; called only when this file runs as a script."""
     flags.DEFINE_bool("quick", False, "CI smoke run: tiny network, 2 seeds, 1 epoch, no search.")
     flags.DEFINE_list("methods", list(METHODS), "Methods to compare.")
-    flags.DEFINE_integer("width", 128, "Units of the two hidden layers (mnistfc: 1024).", lower_bound=1)
+    flags.DEFINE_integer("width", 128, "Units of both hidden layers (mnistfc: 1024).", lower_bound=1)
     flags.DEFINE_integer("batch_size", 32, "Mini-batch size (paper: 128).", lower_bound=1)
     flags.DEFINE_integer("epochs", 40, "Budget in effective epochs.", lower_bound=1)
     flags.DEFINE_integer("seeds", 3, "Seeds of the final runs.", lower_bound=1)
@@ -76,7 +77,7 @@ def load_digits(seed=0):
 
 
 def build_mnistfc(inputs, width):
-    """mnistfc (sec. 8.2.1) with ``width`` hidden units: drop, [fc -> ReLU -> BN -> drop] x 2, fc."""
+    """mnistfc (sec. 8.2.1), ``width`` hidden units: drop, [fc -> ReLU -> BN -> drop] x 2, fc."""
     import keras
 
     import keras_diffusion as kd
@@ -136,7 +137,7 @@ def train_run(method, learning_rate, seed, data, width, batch_size, epochs, heat
 
 
 def search(method, data, config):
-    """The best learning rate of ``config["learning_rates"]`` on an 80/20 split of the training data."""
+    """The best of ``config["learning_rates"]`` on an 80/20 split of the training data."""
     x_train, y_train, _, _ = data
     cut = int(0.8 * len(x_train))
     split = (x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:])

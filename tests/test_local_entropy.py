@@ -192,7 +192,7 @@ def test_non_finite_gradient_is_rejected_and_the_inner_loop_holds():
 def mlp():
     return kd.Sequential([
         keras.Input((3,)),
-        keras.layers.Dense(4, activation="tanh", kernel_initializer=keras.initializers.GlorotNormal(1)),
+        keras.layers.Dense(4, "tanh", kernel_initializer=keras.initializers.GlorotNormal(1)),
         keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotNormal(2)),
     ])
 

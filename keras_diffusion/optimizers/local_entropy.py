@@ -38,7 +38,8 @@ the weights held ``y`` between steps, which evaluation and saving would then see
 evaluates the gradient at ``y`` statelessly (``keras.StatelessScope``) while the weights keep
 ``x``; the train step's own forward pass runs at ``x``, so the logged loss and metrics are the
 anchor's, BatchNorm statistics follow ``x``, and there is no moment at which a callback could
-see ``y``. It costs one forward pass at ``x`` per train step (``scripts/benchmark_local_entropy.py``).
+see ``y``. It costs one forward pass at ``x`` per train step
+(``scripts/benchmark_local_entropy.py``).
 
 Gradient evaluations. Each train step evaluates one mini-batch gradient, as one SGD step does;
 effective epochs (Remark 22) are therefore ``fit`` epochs: ``gradient_evaluations /

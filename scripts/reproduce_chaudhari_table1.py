@@ -53,7 +53,7 @@ def define_flags():
     """Defines the flags; called only when this file runs as a script."""
     flags.DEFINE_bool("quick", False, "CI smoke run: tiny network, 2 seeds, 1 epoch, no search.")
     flags.DEFINE_list("methods", list(METHODS), "Methods to compare.")
-    flags.DEFINE_integer("width", 128, "Units of both hidden layers (mnistfc: 1024).", lower_bound=1)
+    flags.DEFINE_integer("width", 128, "Hidden units (mnistfc: 1024).", lower_bound=1)
     flags.DEFINE_integer("batch_size", 32, "Mini-batch size (paper: 128).", lower_bound=1)
     flags.DEFINE_integer("epochs", 40, "Budget in effective epochs.", lower_bound=1)
     flags.DEFINE_integer("seeds", 3, "Seeds of the final runs.", lower_bound=1)

@@ -228,3 +228,12 @@ def test_two_replicas_equal_one_device(mirrored_strategy, make):
 def test_bad_arguments_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_config_round_trips(name):
+    optimizer = OPTIMIZERS[name]()
+    config = optimizer.get_config()
+    restored = type(optimizer).from_config(config)
+    assert restored.get_config() == config
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(optimizer)).get_config() == config

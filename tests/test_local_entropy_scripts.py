@@ -7,8 +7,8 @@ from scripts import benchmark_local_entropy, reproduce_chaudhari_table1
 
 def test_table1_quick_run_reports_every_method_beside_the_paper():
     config = dict(
-        methods=["entropy_sgd", "sgd"], width=8, batch_size=256, epochs=2, seeds=2,
-        search_seed=100, learning_rates=[0.1], heat_gamma=1e-4,
+        reproduce_chaudhari_table1.QUICK, methods=["entropy_sgd", "sgd"], search_seed=100,
+        heat_gamma=1e-4,
     )
     results = reproduce_chaudhari_table1.run(config)
     assert list(results) == config["methods"]

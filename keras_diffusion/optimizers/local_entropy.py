@@ -80,9 +80,10 @@ def _unit_interval(name, value, hint):
 class _LocalEntropy(ClosureOptimizer):
     """What the three share: phase, anchor, momentum, scoping, noise, guard, diagnostics.
 
-    Subclasses implement ``inner(x, z, y, mu, phase, gamma, closure, noise_seed)`` returning
-    ``(loss, y_new, mu_new)`` and ``direction(z, mu, gamma)`` returning the outer direction ``d``
-    (the step is ``x = z - eta d``).
+    Subclasses implement ``restart_average(z)`` (``<y>`` at the start of an inner loop),
+    ``inner(z, y, mu, gamma, closure, evaluation)`` -> ``(loss, y_new, mu_new)`` (one inner step
+    from the anchor ``z``, iterate ``y`` and average ``mu``; ``evaluation`` keys the noise) and
+    ``direction(z, mu, gamma)``, the outer direction ``d`` (the outer step is ``z - eta d``).
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class _LocalEntropy(ClosureOptimizer):
         z = _select(count == 0, x, self.anchor)
         y = _select(start, z, self.inner_iterate)
         mu = _select(start, [self.restart_average(zi) for zi in z], self.average)
-        loss, y_new, mu_new = self.inner(z, y, mu, phase, gamma, closure, evaluation)
+        loss, y_new, mu_new = self.inner(z, y, mu, gamma, closure, evaluation)
         lr = tf.cast(self.learning_rate, "float32")
 
         def outer_step():
@@ -272,7 +273,7 @@ class EntropySGD(_LocalEntropy):
     def restart_average(self, z):
         return z
 
-    def inner(self, z, y, mu, phase, gamma, closure, evaluation):
+    def inner(self, z, y, mu, gamma, closure, evaluation):
         loss, grads = closure.value_and_gradient(y)
         eta_y = self.inner_learning_rate
         y_new = [yi - eta_y * (g + (yi - zi) / gamma) for yi, g, zi in zip(y, grads, z)]
@@ -343,7 +344,8 @@ class HEAT(_LocalEntropy):
     """Gradient descent on the heat-equation smoothing (Chaudhari et al. 2018, sec. 7.3, eq. (35)).
 
     ``x <- x - (eta / L) sum_{i=1..L} grad f_mb(x + eps_i)``, ``eps_i ~ N(0, gamma I)``, one
-    perturbed gradient (on its own mini-batch) per train step, the outer step every ``L``.
+    perturbed gradient (on its own mini-batch) per train step, the outer step every ``L``; the
+    optimizer's ``inner_iterate`` holds the last perturbed point, ``average`` the gradient sum.
 
     Args:
         learning_rate: ``eta`` (a number or a schedule).
@@ -374,7 +376,7 @@ class HEAT(_LocalEntropy):
     def restart_average(self, z):
         return tf.zeros_like(z)
 
-    def inner(self, z, y, mu, phase, gamma, closure, evaluation):
+    def inner(self, z, y, mu, gamma, closure, evaluation):
         std = tf.sqrt(gamma)
         point = [zi + std * e for zi, e in zip(z, self.noise(z, evaluation))]
         loss, grads = closure.value_and_gradient(point)

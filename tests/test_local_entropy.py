@@ -75,11 +75,11 @@ class GammaTrace(keras.callbacks.Callback):
         self.gammas.append(float(self.model.optimizer.current_gamma.numpy()))
 
 
-def train(optimizer, steps, w0=None, seed=0):
+def train(optimizer, steps, w0=None, seed=0, jit_compile=False):
     x, y = data(steps, seed)
     w0 = np.random.default_rng(seed + 1).normal(size=(3, 1)).astype("float32") if w0 is None else w0
     model = linear_model(w0)
-    model.compile(optimizer=optimizer, loss="mse")
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
     trace = GammaTrace()
     model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[trace])
     draws = [optimizer.noise([model.layers[0].kernel], k)[0].numpy() for k in range(steps)]
@@ -118,6 +118,13 @@ def test_update_matches_numpy_transcription(name):
     assert int(optimizer.gradient_evaluations.numpy()) == 7
     if name == "entropy_sgd":
         assert float(optimizer.effective_epochs.numpy()) == pytest.approx(7 / 4)
+
+
+def test_hj_under_jit_compile_matches_the_transcription():
+    optimizer = OPTIMIZERS["hj"]()
+    model, ref, _ = train(optimizer, steps=7, jit_compile=True)
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), ref["x"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state(optimizer, "inner_iterate"), ref["y"], rtol=1e-5, atol=1e-6)
 
 
 def test_hj_approximates_the_proximal_point_step():

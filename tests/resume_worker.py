@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_diffusion as kd  # noqa: E402
-from keras_diffusion.optimizers import GaussNewton, HessianFree  # noqa: E402
+from keras_diffusion.optimizers import EntropySGD, GaussNewton, HessianFree  # noqa: E402
 
 BATCHES_PER_EPOCH = 6
 
@@ -121,6 +121,15 @@ def hessian_free(backup_dir):
     return model, numpy_fit(shuffle=True), [backup]
 
 
+def entropy_sgd(backup_dir):
+    """Entropy-SGD's inner loop (L = 4) across train steps, dropout; backups mid-inner-loop."""
+    model = diffused_model(dropout=0.25, model_class=kd.Sequential)
+    optimizer = EntropySGD(0.05, num_inner_steps=4, extrinsic_noise=1e-4, gamma=0.5, seed=5)
+    model.compile(optimizer, "mse")
+    backup = kd.callbacks.BackupAndRestore(backup_dir, save_freq=5)
+    return model, numpy_fit(shuffle=True), [backup]
+
+
 def keras_backup(backup_dir):
     """Keras's own BackupAndRestore (epoch backups) with a batch-wise schedule."""
     model = diffused_model()
@@ -130,7 +139,10 @@ def keras_backup(backup_dir):
     return model, numpy_fit(shuffle=False), [schedule, backup]
 
 
-CASES = {f.__name__: f for f in (sgd_batch, staged, gauss_newton, hessian_free, keras_backup)}
+CASES = {
+    f.__name__: f
+    for f in (sgd_batch, staged, gauss_newton, hessian_free, entropy_sgd, keras_backup)
+}
 
 
 def run(case, backup_dir, out, kill_after=None):

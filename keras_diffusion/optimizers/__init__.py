@@ -6,3 +6,4 @@ from keras_diffusion.optimizers.diagnostics import DiagnosticsLogger  # noqa: F4
 from keras_diffusion.optimizers.gauss_newton import GaussNewton  # noqa: F401
 from keras_diffusion.optimizers.hessian_free import HessianFree  # noqa: F401
 from keras_diffusion.optimizers.state import OptimizerStateMixin  # noqa: F401
+from keras_diffusion.optimizers.local_entropy import HEAT, HJ, EntropySGD  # noqa: F401

@@ -1,8 +1,9 @@
 """The optimizer registry of ``scripts/train.py``: a name, a factory, a default step size.
 
 Keras optimizers by their Keras names, and the package's: ``annealed`` (Mobahi sec. 5.2,
-``keras_diffusion.optimizers.AnnealedStep``) and ``gauss_newton`` (Pascanu sec. 4.3,
-``GaussNewton``). A new optimizer joins with one line::
+``keras_diffusion.optimizers.AnnealedStep``), ``gauss_newton`` (Pascanu sec. 4.3,
+``GaussNewton``), ``hessian_free`` (Martens 2010, ``HessianFree``), ``entropy_sgd``, ``hj`` and
+``heat`` (Chaudhari 2018 sec. 7). A new optimizer joins with one line::
 
     OPTIMIZERS["hessian_free"] = Entry(lambda hp, model: HessianFree(...), 1.0)
 
@@ -17,7 +18,15 @@ from typing import Callable
 import keras
 
 from keras_diffusion import validation
-from keras_diffusion.optimizers import AnnealedStep, ClosureOptimizer, GaussNewton
+from keras_diffusion.optimizers import (
+    HEAT,
+    HJ,
+    AnnealedStep,
+    ClosureOptimizer,
+    EntropySGD,
+    GaussNewton,
+    HessianFree,
+)
 
 KERAS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion")
 
@@ -75,10 +84,19 @@ OPTIMIZERS["annealed"] = Entry(
     0.1,
 )
 OPTIMIZERS["gauss_newton"] = Entry(
-    lambda hp, model: GaussNewton(damping=hp.damping, cg_max_iters=hp.cg_max_iterations,
+    lambda hp, model: GaussNewton(damping=hp.damping, cg_max_iterations=hp.cg_max_iterations,
                                   learning_rate=hp.learning_rate),
     1.0,
 )
+# --damping is the initial damping that Levenberg-Marquardt then adapts.
+OPTIMIZERS["hessian_free"] = Entry(
+    lambda hp, model: HessianFree(damping=hp.damping, cg_max_iterations=hp.cg_max_iterations,
+                                  learning_rate=hp.learning_rate),
+    1.0,
+)
+OPTIMIZERS["entropy_sgd"] = Entry(lambda hp, model: EntropySGD(hp.learning_rate), 0.1)
+OPTIMIZERS["hj"] = Entry(lambda hp, model: HJ(hp.learning_rate), 0.1)
+OPTIMIZERS["heat"] = Entry(lambda hp, model: HEAT(hp.learning_rate), 0.1)
 
 
 def learning_rate(name, hp):

@@ -60,7 +60,8 @@ STRATEGIES = {
     "default": tf.distribute.get_strategy,
     "mirrored": tf.distribute.MirroredStrategy,
 }
-# The backup of --resume; keras_diffusion.callbacks.BackupAndRestore (batch-exact) replaces it.
+# The backup of --resume: Keras's, resuming at the epoch of the last backup (the pipeline's
+# start_epoch follows it); kd.callbacks.BackupAndRestore would resume at the batch.
 BackupAndRestore = keras.callbacks.BackupAndRestore
 
 

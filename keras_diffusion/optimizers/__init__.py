@@ -4,4 +4,5 @@ from keras_diffusion.optimizers.annealed import AnnealedStep  # noqa: F401
 from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer  # noqa: F401
 from keras_diffusion.optimizers.diagnostics import DiagnosticsLogger  # noqa: F401
 from keras_diffusion.optimizers.gauss_newton import GaussNewton  # noqa: F401
+from keras_diffusion.optimizers.gaussian_continuation import GaussianContinuation  # noqa: F401
 from keras_diffusion.optimizers.state import OptimizerStateMixin  # noqa: F401

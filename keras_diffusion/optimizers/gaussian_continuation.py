@@ -173,7 +173,12 @@ class GaussianContinuation(ClosureOptimizer):
         step = tf.maximum(self.iterations.value - self.warmup_steps, 0)
         return cv.scheduled_variance(self.schedule, self.initial_variance, self.decay, step)
 
-    def _noise(self, variables, sample):
+    def draw(self, variables, sample=0):
+        """The standard-normal ``eps`` of sample ``sample`` of the coming step, per variable.
+
+        Keyed by ``(seed, iterations, sample, variable index)`` (and the replica id with
+        ``independent_replicas``): calling it does not advance anything.
+        """
         count = len(variables)
         base = (self.iterations.value * self.num_samples + sample) * count
         noise = []
@@ -191,7 +196,7 @@ class GaussianContinuation(ClosureOptimizer):
         params = closure.params
         losses, grads, lambda_grads, distances = [], None, [], []
         for sample in range(self.num_samples):
-            noise = self._noise(closure.variables, sample)
+            noise = self.draw(closure.variables, sample)
             perturbed = [p + tf.cast(sigma, p.dtype) * e for p, e in zip(params, noise)]
             with tf.GradientTape() as tape:
                 tape.watch(perturbed)

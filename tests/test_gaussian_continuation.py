@@ -159,7 +159,7 @@ def _fit_under(strategy, **kwargs):
                                            regularization=1e-3, seed=4, num_samples=2, **kwargs),
             loss="mse",
         )
-    history = model.fit(X, Y, batch_size=8, epochs=3, verbose=0, shuffle=False)
+    history = model.fit(X, Y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     return [v.numpy() for v in model.trainable_variables], history.history
 
 
@@ -190,3 +190,16 @@ def test_argument_checks():
     plain.compile(optimizer=GaussianContinuation(sgd), loss="mse")
     with pytest.raises(TypeError, match="closure optimizer"):
         plain.fit(X, Y, verbose=0)
+
+
+def test_jit_compile_gives_the_same_steps():
+    results = []
+    for jit in (False, True):
+        model = linear_model()
+        model.compile(GaussianContinuation(keras.optimizers.Adam(0.01), variance=0.1, seed=3,
+                                           num_samples=2), "mse", jit_compile=jit)
+        model.fit(X, Y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        results.append([v.numpy() for v in model.trainable_variables]
+                       + [model.optimizer.log_variance.numpy()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

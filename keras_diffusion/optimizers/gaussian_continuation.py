@@ -19,7 +19,7 @@ callbacks and saving. With ``keras_diffusion.Model``/``Sequential`` the optimize
 batch's closure and evaluates the loss at the perturbed weights statelessly: the variables only
 ever hold the unperturbed weights.
 
-Randomness. The draws are ``tf.random.stateless_normal`` keyed by ``(seed, optimizer.iterations,
+Randomness. The draws are stateless Philox normals keyed by ``(seed, optimizer.iterations,
 sample, variable)``: reproducible, restored with the optimizer's ``iterations``, and identical
 on every replica under ``tf.distribute`` (the same ``eps`` on each replica's share of the
 batch, so 2 replicas give the steps of 1 device). ``independent_replicas=True`` folds in the
@@ -186,8 +186,8 @@ class GaussianContinuation(ClosureOptimizer):
             key = tf.stack([tf.constant(self.seed, "int64"), base + index])
             if self.independent_replicas:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-                key = tf.random.experimental.stateless_fold_in(key, replica)
-            noise.append(tf.random.stateless_normal(v.shape, seed=key, dtype=v.dtype))
+                key = tf.random.experimental.stateless_fold_in(key, replica, alg="philox")
+            noise.append(tf.cast(_standard_normal(v.shape, key), v.dtype))
         return noise
 
     def step(self, closure):
@@ -265,6 +265,19 @@ class GaussianContinuation(ClosureOptimizer):
             config["variance_optimizer"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+def _standard_normal(shape, key):
+    """N(0, 1) draws from Philox bits by the inverse CDF, identical with and without XLA.
+
+    (``tf.random.stateless_normal`` converts the same bits differently under ``jit_compile``;
+    the raw bits agree.) 24-bit uniforms ``(k + 0.5) / 2^24`` bound ``|eps|`` by about 5.3.
+    """
+    bits = tf.random.stateless_uniform(
+        shape, seed=key, minval=None, maxval=None, dtype="uint32", alg="philox"
+    )
+    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), "float32") + 0.5) * (2.0**-24)
+    return tf.math.ndtri(uniform)
 
 
 def _apply(optimizer, grads_and_vars, log_variance_grad, learn_now, checks):

@@ -186,6 +186,8 @@ def test_argument_checks():
         GaussianContinuation(sgd, variance=0.0)
     with pytest.raises(ValueError, match="clipnorm"):
         GaussianContinuation(keras.optimizers.SGD(0.1, clipnorm=1.0))
+    with pytest.raises(ValueError, match="weight_decay"):
+        GaussianContinuation(keras.optimizers.AdamW(0.1))
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     plain.compile(optimizer=GaussianContinuation(sgd), loss="mse")
     with pytest.raises(TypeError, match="closure optimizer"):

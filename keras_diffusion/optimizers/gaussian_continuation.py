@@ -39,7 +39,10 @@ from keras_diffusion.optimizers import continuation_variance as cv
 from keras_diffusion.optimizers import guard
 from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer
 
-_INNER_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema")
+_INNER_OPTIONS = (
+    "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
+    "gradient_accumulation_steps", "loss_scale_factor",
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -48,8 +51,9 @@ class GaussianContinuation(ClosureOptimizer):
 
     Args:
         optimizer: the Keras optimizer that takes the steps (e.g. ``keras.optimizers.Adam(1e-4)``,
-            sec. 3.1), fed the perturbed-weights gradient of eq. (7). Gradient clipping and EMA
-            of the inner optimizer are not applied (refused); weight decay is.
+            sec. 3.1), fed the perturbed-weights gradient of eq. (7). Its ``update_step`` is
+            applied to that gradient; the options acting in ``apply`` (weight decay, clipping,
+            EMA, gradient accumulation) are refused: add weight decay as a regularizer.
         variance: ``lambda_0 > 0``, the initial variance of the perturbation (``sigma^2`` in
             the package's standard-deviation terms). Default ``exp(-13)``, sec. 3.1.
         schedule: ``"learned"`` (Algorithm 2, default), ``"geometric"``, ``"polynomial"`` or
@@ -122,7 +126,6 @@ class GaussianContinuation(ClosureOptimizer):
                 **self.inner_optimizer.get_config(),
                 "learning_rate": self.variance_learning_rate,
                 "name": "variance_optimizer",
-                "weight_decay": None,
             }
             variance_optimizer = type(self.inner_optimizer).from_config(config)
         self.variance_optimizer = _check_inner("variance_optimizer", variance_optimizer)

@@ -62,6 +62,15 @@ class Bandwidth(keras.layers.Layer):
         sigma: initial bandwidth, a finite number >= 0.
         trainable: whether sigma is trained with the weights (default ``False``: it is
             set by a continuation schedule, see ``keras_diffusion.callbacks``).
+        learned: Algorithm 2 of Gaussian continuation (Lersch et al., sec. 2.2) on the
+            closed-form diffused cost: the trainable variable is ``s = log(sigma^2)`` (the log
+            of the variance lambda, a change of variables keeping sigma > 0) and the model's
+            optimizer moves it with the weights, by the exact gradient of the closed forms.
+            Needs ``sigma > 0``. A learned bandwidth is owned by the optimizer: ``assign``
+            (hence every sigma schedule callback) refuses it.
+        regularization: with ``learned``, the coefficient ``c >= 0`` of the penalty
+            ``c * sigma^2`` added to the loss, i.e. ``c`` is added to ``dg/dlambda``: eq. (12)
+            with ``c = beta * m`` (pass ``beta * model.count_params()``).
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ...).
 
     Attributes:
@@ -79,18 +88,35 @@ class Bandwidth(keras.layers.Layer):
     0.25
     """
 
-    def __init__(self, sigma=1.0, trainable=False, **kwargs):
+    def __init__(self, sigma=1.0, trainable=False, learned=False, regularization=0.0, **kwargs):
         kwargs.setdefault("dtype", "float32")
+        self.learned = bool(learned)
+        trainable = trainable or self.learned
         super().__init__(trainable=trainable, **kwargs)
         self.initial_sigma = check_sigma(sigma)
+        self.regularization = check_nonnegative(
+            "regularization", regularization, "(beta * m of eq. (12))"
+        )
+        if self.learned and self.initial_sigma == 0:
+            raise ValueError(
+                "A learned Bandwidth stores log(sigma^2) and needs sigma > 0, got sigma=0; "
+                "start from e.g. sigma=1e-3."
+            )
+        if self.regularization and not self.learned:
+            raise ValueError(
+                f"regularization={regularization!r} penalizes a learned bandwidth only; "
+                "pass learned=True or regularization=0."
+            )
         self.sharing_key = uuid.uuid4().hex
         # Created at construction, not in build: sigma is a scalar whatever the inputs of the
         # layers holding it, and schedules assign it before any of them is called.
+        initial = 2 * np.log(self.initial_sigma) if self.learned else self.initial_sigma
         self.variable = self.add_weight(
-            name="sigma",
+            name="log_variance" if self.learned else "sigma",
             shape=(),
             dtype="float32",
-            initializer=keras.initializers.Constant(self.initial_sigma),
+            initializer=keras.initializers.Constant(float(initial)),
+            regularizer=VariancePenalty(self.regularization) if self.regularization else None,
             trainable=trainable,
         )
         self.build(None)
@@ -98,10 +124,17 @@ class Bandwidth(keras.layers.Layer):
     @property
     def value(self):
         """The current sigma as a float32 scalar tensor."""
-        return ops.convert_to_tensor(self.variable)
+        value = ops.convert_to_tensor(self.variable)
+        return ops.exp(0.5 * value) if self.learned else value
 
     def assign(self, sigma):
         """Sets sigma. Python numbers are checked here; tensors are assigned as given."""
+        if self.learned:
+            raise ValueError(
+                f"Bandwidth {self.name!r} is learned (its sigma is an optimization variable "
+                "moved by the optimizer): a sigma schedule or set_sigma cannot drive it. "
+                "Remove the schedule callback, or create the Bandwidth with learned=False."
+            )
         if isinstance(sigma, (int, float)):
             sigma = check_sigma(sigma)
         self.variable.assign(ops.cast(sigma, "float32"))
@@ -112,7 +145,27 @@ class Bandwidth(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["sigma"] = self.initial_sigma
+        if self.learned:
+            config.update(learned=True, regularization=self.regularization)
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class VariancePenalty(keras.regularizers.Regularizer):
+    """``coefficient * exp(s)`` for the log-variance ``s`` of a learned :class:`Bandwidth`.
+
+    Its derivative in ``lambda = exp(s)`` is ``coefficient``: the ``beta * m`` that eq. (12)
+    of Lersch et al. adds to ``dg/dlambda``.
+    """
+
+    def __init__(self, coefficient):
+        self.coefficient = check_nonnegative("coefficient", coefficient)
+
+    def __call__(self, log_variance):
+        return self.coefficient * ops.exp(log_variance)
+
+    def get_config(self):
+        return {"coefficient": self.coefficient}
 
 
 def serialize(bandwidth):
@@ -222,7 +275,7 @@ def get_sigma(model):
     Raises ``ValueError`` if the model has no diffused layer, or if its layers hold
     bandwidths with different values (call :func:`set_sigma` to make them agree).
     """
-    values = {float(ops.convert_to_numpy(b.variable)) for b in require_bandwidths(model)}
+    values = {float(ops.convert_to_numpy(b.value)) for b in require_bandwidths(model)}
     if len(values) > 1:
         raise ValueError(
             f"Model {model.name!r} holds bandwidths with different values {sorted(values)}; "

@@ -25,7 +25,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_diffusion as kd  # noqa: E402
-from keras_diffusion.optimizers import EntropySGD, GaussNewton, HessianFree  # noqa: E402
+from keras_diffusion.optimizers import (  # noqa: E402
+    EntropySGD,
+    GaussianContinuation,
+    GaussNewton,
+    HessianFree,
+)
 
 BATCHES_PER_EPOCH = 6
 
@@ -130,6 +135,17 @@ def entropy_sgd(backup_dir):
     return model, numpy_fit(shuffle=True), [backup]
 
 
+def gaussian_continuation(backup_dir):
+    """GaussianContinuation: the draws (keyed by the iterations), lambda and both optimizers'
+    slots resume; a batch-wise sigma schedule drives the diffused layers meanwhile."""
+    model = diffused_model(model_class=kd.Sequential)
+    model.compile(GaussianContinuation(keras.optimizers.Adam(0.01), variance=1e-2,
+                                       regularization=1e-3, warmup_steps=3, seed=5), "mse")
+    schedule = kd.callbacks.LinearSigma(1.0, duration=12, unit="batch")
+    backup = kd.callbacks.BackupAndRestore(backup_dir, save_freq=4)
+    return model, numpy_fit(shuffle=True), [schedule, backup]
+
+
 def keras_backup(backup_dir):
     """Keras's own BackupAndRestore (epoch backups) with a batch-wise schedule."""
     model = diffused_model()
@@ -141,7 +157,8 @@ def keras_backup(backup_dir):
 
 CASES = {
     f.__name__: f
-    for f in (sgd_batch, staged, gauss_newton, hessian_free, entropy_sgd, keras_backup)
+    for f in (sgd_batch, staged, gauss_newton, hessian_free, entropy_sgd,
+              gaussian_continuation, keras_backup)
 }
 
 

@@ -5,5 +5,6 @@ from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer  # noq
 from keras_diffusion.optimizers.diagnostics import DiagnosticsLogger  # noqa: F401
 from keras_diffusion.optimizers.gauss_newton import GaussNewton  # noqa: F401
 from keras_diffusion.optimizers.hessian_free import HessianFree  # noqa: F401
+from keras_diffusion.optimizers.gaussian_continuation import GaussianContinuation  # noqa: F401
 from keras_diffusion.optimizers.state import OptimizerStateMixin  # noqa: F401
 from keras_diffusion.optimizers.local_entropy import HEAT, HJ, EntropySGD  # noqa: F401

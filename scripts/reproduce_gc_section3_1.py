@@ -36,18 +36,6 @@ if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the c
 from scripts import reporting  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "CI smoke run: 2 seeds, 4 layers, 1 epoch, 200 samples.")
-flags.DEFINE_integer("seeds", 5, "Models per ensemble (the paper: 10).")
-flags.DEFINE_integer("epochs", 200, "Training epochs (sec. 3.1: 200).")
-flags.DEFINE_integer("depth", 30, "Hidden layers (sec. 3.1: 30).")
-flags.DEFINE_integer("units", 50, "Units per hidden layer (sec. 3.1: 50).")
-flags.DEFINE_integer("batch_size", 64, "Minibatch size (not given in the paper).")
-flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the weights (sec. 3.1).")
-flags.DEFINE_float("log_variance", -13.0, "log lambda_0 (sec. 3.1: -13).")
-flags.DEFINE_float("variance_learning_rate", 1e-2, "Learning rate of log lambda (sec. 3.1).")
-flags.DEFINE_float("beta", 1e-3, "Regularization weight beta (sec. 3.1: 1e-3).")
-flags.DEFINE_enum("estimator", "pathwise", ["pathwise", "score"], "lambda gradient estimator.")
-flags.DEFINE_string("output_dir", "/tmp/gc_section3_1", "Where results go.")
 
 QUICK = {"seeds": 2, "epochs": 1, "depth": 4, "samples": 200}
 METHODS = ("adam", "continuation")
@@ -156,5 +144,22 @@ def main(argv):
     print(json.dumps({m: round(summary[m]["mean"], 4) for m in METHODS}))
 
 
+def define_flags():
+    """Defines the flags (only when run as a script, so importing it defines none)."""
+    flags.DEFINE_bool("quick", False, "CI smoke run: 2 seeds, 4 layers, 1 epoch, 200 samples.")
+    flags.DEFINE_integer("seeds", 5, "Models per ensemble (the paper: 10).")
+    flags.DEFINE_integer("epochs", 200, "Training epochs (sec. 3.1: 200).")
+    flags.DEFINE_integer("depth", 30, "Hidden layers (sec. 3.1: 30).")
+    flags.DEFINE_integer("units", 50, "Units per hidden layer (sec. 3.1: 50).")
+    flags.DEFINE_integer("batch_size", 64, "Minibatch size (not given in the paper).")
+    flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the weights (sec. 3.1).")
+    flags.DEFINE_float("log_variance", -13.0, "log lambda_0 (sec. 3.1: -13).")
+    flags.DEFINE_float("variance_learning_rate", 1e-2, "Learning rate of log lambda (sec. 3.1).")
+    flags.DEFINE_float("beta", 1e-3, "Regularization weight beta (sec. 3.1: 1e-3).")
+    flags.DEFINE_enum("estimator", "pathwise", ["pathwise", "score"], "lambda gradient estimator.")
+    flags.DEFINE_string("output_dir", "/tmp/gc_section3_1", "Where results go.")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

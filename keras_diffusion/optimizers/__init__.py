@@ -5,3 +5,4 @@ from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer  # noq
 from keras_diffusion.optimizers.diagnostics import DiagnosticsLogger  # noqa: F401
 from keras_diffusion.optimizers.gauss_newton import GaussNewton  # noqa: F401
 from keras_diffusion.optimizers.state import OptimizerStateMixin  # noqa: F401
+from keras_diffusion.optimizers.saddle_free import SaddleFreeNewton  # noqa: F401

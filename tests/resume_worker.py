@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_diffusion as kd  # noqa: E402
-from keras_diffusion.optimizers import GaussNewton  # noqa: E402
+from keras_diffusion.optimizers import GaussNewton, SaddleFreeNewton  # noqa: E402
 
 BATCHES_PER_EPOCH = 6
 
@@ -113,6 +113,14 @@ def gauss_newton(backup_dir):
     return model, numpy_fit(shuffle=True), [schedule, backup]
 
 
+def saddle_free(backup_dir):
+    """SaddleFreeNewton (Krylov, Levenberg-Marquardt damping state) with batch backups."""
+    model = diffused_model(model_class=kd.Sequential)
+    model.compile(SaddleFreeNewton(lanczos_num_steps=4, line_search_steps=3), "mse")
+    backup = kd.callbacks.BackupAndRestore(backup_dir, save_freq=4)
+    return model, numpy_fit(shuffle=True), [backup]
+
+
 def keras_backup(backup_dir):
     """Keras's own BackupAndRestore (epoch backups) with a batch-wise schedule."""
     model = diffused_model()
@@ -122,7 +130,7 @@ def keras_backup(backup_dir):
     return model, numpy_fit(shuffle=False), [schedule, backup]
 
 
-CASES = {f.__name__: f for f in (sgd_batch, staged, gauss_newton, keras_backup)}
+CASES = {f.__name__: f for f in (sgd_batch, staged, gauss_newton, saddle_free, keras_backup)}
 
 
 def run(case, backup_dir, out, kill_after=None):

@@ -25,7 +25,9 @@ from keras_diffusion.callbacks import state as state_lib
 WORKER = pathlib.Path(__file__).resolve().parent / "resume_worker.py"
 ROOT = WORKER.parents[1]
 # case -> batches trained before the SIGKILL (6 batches per epoch).
-KILL_AFTER = {"sgd_batch": 9, "staged": 21, "gauss_newton": 10, "keras_backup": 9}
+KILL_AFTER = {
+    "sgd_batch": 9, "staged": 21, "gauss_newton": 10, "saddle_free": 10, "keras_backup": 9
+}
 
 
 def worker(cases, backup_root, out_dir, kill_after=None):
@@ -61,7 +63,7 @@ def runs(tmp_path_factory):
     return results, left
 
 
-@pytest.mark.parametrize("case", ["sgd_batch", "staged", "gauss_newton"])
+@pytest.mark.parametrize("case", ["sgd_batch", "staged", "gauss_newton", "saddle_free"])
 def test_killed_run_resumes_bit_identical(runs, case):
     results, left = runs
     reference, resumed = results["reference"][case], results["resumed"][case]

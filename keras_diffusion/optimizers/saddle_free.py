@@ -215,7 +215,7 @@ class SaddleFreeNewton(ClosureOptimizer):
         accepted = self.assign_if_finite(
             closure.variables,
             sfb.unflatten(theta + flat_step, closure.params),
-            checks=[loss, new_loss, mu],
+            checks=[loss, new_loss, mu, tf.where(basis.finite, 0.0, float("nan"))],
         )
         self.damping.assign(tf.where(accepted, tf.cast(next_damping, "float32"), self.damping))
         self.ritz_min.assign(tf.cast(tf.reduce_min(basis.ritz_values), "float32"))

@@ -34,14 +34,16 @@ import collections
 
 import tensorflow as tf
 
-from keras_diffusion.curvature import spectra
+from keras_diffusion.curvature import linear_operator, spectra
+from keras_diffusion.optimizers import guard
 
 MATRICES = ("abs", "squared", "rescaled_squared", "rescaled_squared_fisher", "hessian")
 SUBSPACES = ("hessian", "gauss_newton")
 
 # rows [m, n] orthonormal; eigenvalues [m] of the chosen matrix in that basis (>= 0);
-# ritz_values [m] of the Hessian in the subspace (ascending for "exact"/Hessian Lanczos).
-Basis = collections.namedtuple("Basis", ["rows", "eigenvalues", "ritz_values"])
+# ritz_values [m] of the Hessian in the subspace (ascending for "exact"/Hessian Lanczos);
+# finite: False when a curvature product was non-finite (the basis is then meaningless).
+Basis = collections.namedtuple("Basis", ["rows", "eigenvalues", "ritz_values", "finite"])
 
 
 def flatten(vectors):
@@ -74,6 +76,11 @@ def dense_hessian(closure):
     return 0.5 * (hessian + tf.transpose(hessian))
 
 
+def _finite_or_zero(tensors):
+    """``tensors`` with non-finite entries replaced by 0 (``eigh`` fails on NaN input)."""
+    return [tf.where(tf.math.is_finite(t), t, tf.zeros_like(t)) for t in tensors]
+
+
 def _rows_product(matvec, rows, like):
     """``[m, n]``: ``matvec`` applied to every row (straight-line code: may all-reduce)."""
     return tf.stack([flatten(matvec(unflatten(r, like))) for r in tf.unstack(rows)])
@@ -81,35 +88,47 @@ def _rows_product(matvec, rows, like):
 
 def _rotate(rows, matrix):
     """Eigenvalues of the symmetric ``matrix`` (in the basis ``rows``) and the rotated rows."""
-    values, vectors = tf.linalg.eigh(0.5 * (matrix + tf.transpose(matrix)))
+    (matrix,) = _finite_or_zero([0.5 * (matrix + tf.transpose(matrix))])
+    values, vectors = tf.linalg.eigh(matrix)
     return values, tf.transpose(vectors) @ rows
 
 
 def hessian_basis(closure, gradient, mode, num_steps, subspace="hessian"):
-    """``(rows, ritz_values, apply_hessian)``: a basis diagonalizing the projected Hessian.
+    """``(rows, ritz_values, apply_hessian, finite)``: a basis diagonalizing the projected
+    Hessian.
 
-    ``apply_hessian(rows)`` multiplies every row by ``H``. See the module docstring.
+    ``apply_hessian(rows)`` multiplies every row by ``H``. Non-finite products are replaced
+    by 0 (so the decompositions run) and reported by ``finite``: the dense Hessian's
+    entries, or the product of ``H`` (of the subspace's matrix) with the gradient. See the
+    module docstring.
     """
     like = closure.params
     if mode == "exact":
         hessian = dense_hessian(closure)
+        finite = tf.reduce_all(tf.math.is_finite(hessian))
+        (hessian,) = _finite_or_zero([hessian])
         values, vectors = tf.linalg.eigh(hessian)
-        return tf.transpose(vectors), values, lambda rows: rows @ hessian
+        return tf.transpose(vectors), values, lambda rows: rows @ hessian, finite
 
     def apply_hessian(rows):
-        return _rows_product(closure.hvp, rows, like)
+        return _finite_or_zero([_rows_product(closure.hvp, rows, like)])[0]
 
-    matvec = closure.hvp if subspace == "hessian" else closure.ggn_vp
+    product = closure.hvp if subspace == "hessian" else closure.ggn_vp
+    start = _finite_or_zero(gradient)
+    usable = linear_operator.norm(start) > 0
+    start = [tf.where(usable, s, tf.ones_like(s)) for s in start]
+    finite = guard.all_finite(product(start))
     result = spectra.lanczos(
-        matvec, gradient, num_steps, dot=closure.dot, unroll=closure.distributed
+        lambda v: _finite_or_zero(product(v)), start, num_steps, dot=closure.dot,
+        unroll=closure.distributed,
     )
     rows = tf.concat(
         [tf.reshape(v, [num_steps, -1]) for v in result.ritz_vectors], axis=1
     )
     if subspace == "hessian":
-        return rows, result.ritz_values, apply_hessian
+        return rows, result.ritz_values, apply_hessian, finite
     values, rows = _rotate(rows, rows @ tf.transpose(apply_hessian(rows)))
-    return rows, values, apply_hessian
+    return rows, values, apply_hessian, finite
 
 
 def curvature_basis(closure, gradient, mode, matrix, num_steps, subspace="hessian",
@@ -125,11 +144,13 @@ def curvature_basis(closure, gradient, mode, matrix, num_steps, subspace="hessia
         subspace: one of ``SUBSPACES`` (``"krylov"``).
         fisher_distribution: the predictive distribution of ``Closure.fisher_vp``.
     """
-    rows, ritz, apply_hessian = hessian_basis(closure, gradient, mode, num_steps, subspace)
+    rows, ritz, apply_hessian, finite = hessian_basis(
+        closure, gradient, mode, num_steps, subspace
+    )
     if matrix == "abs":
-        return Basis(rows, tf.abs(ritz), ritz)
+        return Basis(rows, tf.abs(ritz), ritz, finite)
     if matrix == "hessian":
-        return Basis(rows, ritz, ritz)
+        return Basis(rows, ritz, ritz, finite)
     hr = apply_hessian(rows)
     curvature = hr @ tf.transpose(hr)
     if matrix != "squared":
@@ -141,5 +162,6 @@ def curvature_basis(closure, gradient, mode, matrix, num_steps, subspace="hessia
             closure.params,
         )
         curvature = curvature + rows @ tf.transpose(fisher)
+    finite &= tf.reduce_all(tf.math.is_finite(curvature))
     values, rows = _rotate(rows, curvature)
-    return Basis(rows, tf.maximum(values, 0.0), ritz)
+    return Basis(rows, tf.maximum(values, 0.0), ritz, finite)

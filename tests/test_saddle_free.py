@@ -10,7 +10,7 @@ from keras_diffusion.optimizers import SaddleFreeNewton
 from keras_diffusion.optimizers import saddle_free_basis as sfb
 from keras_diffusion.optimizers import saddle_free_damping as sfd
 from keras_diffusion.training import Closure
-from tests import closure_reference as ref
+import closure_reference as ref
 
 
 class SaddleLayer(keras.layers.Layer):

@@ -179,7 +179,7 @@ def plot(results, path):
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("hidden units" if ax is axes[0] else "epoch")
-    axes[1].set_yscale("log")
+    axes[1].set_yscale("symlog", linthresh=0.1)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -17,7 +17,7 @@ it, so that the damped step is ``-B^T diag(1 / (mu + lambda)) B g`` for every da
 
 The matrices (``MATRICES``), all but the last positive semi-definite:
 
-- ``"abs"``: ``|H|`` (eq. 4.74);
+- ``"abs"``: ``|H|`` (eq. 4.74), which is ``(H^T H)^(1/2)`` for the symmetric ``H``;
 - ``"squared"``: ``H^T H`` (squared Newton, eqs. 4.69-4.70);
 - ``"rescaled_squared"``: ``H^T H / |lambda_max|`` (eq. 4.75; ``lambda_max`` the
   largest-magnitude Ritz value, the quantity the thesis gets by the power method);

@@ -314,3 +314,26 @@ def test_two_replicas_match_one_device(mirrored_strategy):
     assert single_history["step_length"][-1] > 0
     for a, b in zip(double.get_weights(), single.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_precision_under_jit_equals_float32():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+    weights = []
+    for policy in ("float32", "mixed_float16"):
+        keras.config.set_dtype_policy(policy)
+        try:
+            keras.utils.set_random_seed(0)
+            model = kd.Sequential(
+                [keras.Input((3,)), keras.layers.Dense(4, "tanh"), keras.layers.Dense(1)]
+            )
+            model.compile(
+                optimizer=SaddleFreeNewton(lanczos_num_steps=4), loss="mse", jit_compile=True
+            )
+            history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+            assert history["rejected_steps"] == [0.0] and history["step_length"][0] > 0
+            weights.append(ref.flat(model.get_weights()))
+        finally:
+            keras.config.set_dtype_policy("float32")
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-4, atol=1e-5)

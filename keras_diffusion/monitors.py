@@ -7,6 +7,11 @@ stalls and what damping a second-order method needs. This callback measures it d
 eigenvalues) and Hutchinson's estimator (trace) from ``keras_diffusion.curvature.spectra``,
 and writes the numbers into the epoch's ``logs``: they reach ``History`` and, if this
 callback is listed BEFORE ``keras.callbacks.TensorBoard``, TensorBoard.
+
+Saddle points (sec. 4.4-4.5, Figure 4.5 c, d): ``hessian_max`` is the largest positive
+eigenvalue and ``hessian_most_negative`` the most negative one (0 when none is found): a
+training run that stalls with a clearly negative ``hessian_most_negative`` sits near a
+saddle point, not a minimum.
 """
 
 import keras
@@ -21,11 +26,16 @@ MATRICES = ("hessian", "ggn")
 
 
 class CurvatureMonitor(keras.callbacks.Callback):
-    """Logs ``{prefix}{matrix}_max``, ``{prefix}{matrix}_min``, ``{prefix}{matrix}_trace``.
+    """Logs ``{prefix}{matrix}_max``, ``_min``, ``_trace`` and ``{prefix}hessian_most_negative``.
 
     ``_max``/``_min`` are the largest and smallest (most negative) Ritz values of
     ``lanczos_num_steps`` Lanczos steps (exact eigenvalues when ``lanczos_num_steps`` is the
     number of weights); ``_trace`` is Hutchinson's estimate with ``hutchinson_probes`` Rademacher probes.
+    For the Hessian, ``hessian_most_negative`` is ``min(hessian_min, 0)``: the most negative
+    eigenvalue of Pascanu (2014, thesis) Figure 4.5 (d), 0 when the Hessian has no negative
+    Ritz value (Figure 4.5 (c) is ``hessian_max``). The extreme Ritz values converge first
+    (Lanczos is more accurate than the power method of the thesis for the same number of
+    Hessian-vector products).
     The matrices are those of the total training loss (compiled loss, ``add_loss`` terms and
     regularizers; ``"ggn"`` omits ``add_loss`` terms, see ``Closure.ggn_vp``) on the batch,
     evaluated as in training (``training=True``), at the weights at the end of the epoch.
@@ -110,6 +120,8 @@ class CurvatureMonitor(keras.callbacks.Callback):
             ritz = spectra.lanczos(matvec, v0, steps, seed=(self.seed, 2)).ritz_values
             results[f"{self.prefix}{name}_max"] = ritz[-1]
             results[f"{self.prefix}{name}_min"] = ritz[0]
+            if name == "hessian":
+                results[f"{self.prefix}hessian_most_negative"] = tf.minimum(ritz[0], 0.0)
             if self.hutchinson_probes:
                 trace = spectra.hutchinson_trace(
                     matvec, closure.params, self.hutchinson_probes, seed=(self.seed, 3)

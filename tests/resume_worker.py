@@ -30,6 +30,7 @@ from keras_diffusion.optimizers import (  # noqa: E402
     GaussianContinuation,
     GaussNewton,
     HessianFree,
+    SaddleFreeNewton,
 )
 
 BATCHES_PER_EPOCH = 6
@@ -146,6 +147,14 @@ def gaussian_continuation(backup_dir):
     return model, numpy_fit(shuffle=True), [schedule, backup]
 
 
+def saddle_free(backup_dir):
+    """SaddleFreeNewton (Krylov, Levenberg-Marquardt damping state) with batch backups."""
+    model = diffused_model(model_class=kd.Sequential)
+    model.compile(SaddleFreeNewton(lanczos_num_steps=4, line_search_steps=3), "mse")
+    backup = kd.callbacks.BackupAndRestore(backup_dir, save_freq=4)
+    return model, numpy_fit(shuffle=True), [backup]
+
+
 def keras_backup(backup_dir):
     """Keras's own BackupAndRestore (epoch backups) with a batch-wise schedule."""
     model = diffused_model()
@@ -158,7 +167,7 @@ def keras_backup(backup_dir):
 CASES = {
     f.__name__: f
     for f in (sgd_batch, staged, gauss_newton, hessian_free, entropy_sgd,
-              gaussian_continuation, keras_backup)
+              gaussian_continuation, saddle_free, keras_backup)
 }
 
 

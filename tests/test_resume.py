@@ -26,7 +26,8 @@ ROOT = WORKER.parents[1]
 # case -> batches trained before the SIGKILL (6 batches per epoch).
 # entropy_sgd: the backup after batch 10 is mid-inner-loop (10 = 2 * 4 + 2).
 KILL_AFTER = {"sgd_batch": 9, "staged": 21, "gauss_newton": 10, "hessian_free": 11,
-              "entropy_sgd": 11, "gaussian_continuation": 10, "keras_backup": 9}
+              "entropy_sgd": 11, "gaussian_continuation": 10, "saddle_free": 10,
+              "keras_backup": 9}
 
 
 def worker(cases, backup_root, out_dir, kill_after=None):
@@ -65,7 +66,7 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize(
     "case",
     ["sgd_batch", "staged", "gauss_newton", "hessian_free", "entropy_sgd",
-     "gaussian_continuation"],
+     "gaussian_continuation", "saddle_free"],
 )
 def test_killed_run_resumes_bit_identical(runs, case):
     results, left = runs

@@ -8,3 +8,4 @@ from keras_diffusion.optimizers.hessian_free import HessianFree  # noqa: F401
 from keras_diffusion.optimizers.gaussian_continuation import GaussianContinuation  # noqa: F401
 from keras_diffusion.optimizers.state import OptimizerStateMixin  # noqa: F401
 from keras_diffusion.optimizers.local_entropy import HEAT, HJ, EntropySGD  # noqa: F401
+from keras_diffusion.optimizers.saddle_free import SaddleFreeNewton  # noqa: F401

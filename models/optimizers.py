@@ -2,10 +2,12 @@
 
 Keras optimizers by their Keras names, and the package's: ``annealed`` (Mobahi sec. 5.2,
 ``keras_diffusion.optimizers.AnnealedStep``), ``gauss_newton`` (Pascanu sec. 4.3,
-``GaussNewton``), ``hessian_free`` (Martens 2010, ``HessianFree``), ``entropy_sgd``, ``hj`` and
-``heat`` (Chaudhari 2018 sec. 7). A new optimizer joins with one line::
+``GaussNewton``), ``hessian_free`` (Martens 2010, ``HessianFree``), ``saddle_free`` (Pascanu
+sec. 4.5, ``SaddleFreeNewton``), ``gaussian_continuation`` (Adam with a learned perturbation
+variance, ``GaussianContinuation``), ``entropy_sgd``, ``hj`` and ``heat`` (Chaudhari 2018
+sec. 7). A new optimizer joins with one line::
 
-    OPTIMIZERS["hessian_free"] = Entry(lambda hp, model: HessianFree(...), 1.0)
+    OPTIMIZERS["my_optimizer"] = Entry(lambda hp, model: MyOptimizer(hp.learning_rate), 0.1)
 
 The factory receives the :class:`Hyperparameters` and the model (whose bandwidth
 ``annealed`` follows). Optimizers subclassing ``ClosureOptimizer`` need a
@@ -24,8 +26,10 @@ from keras_diffusion.optimizers import (
     AnnealedStep,
     ClosureOptimizer,
     EntropySGD,
+    GaussianContinuation,
     GaussNewton,
     HessianFree,
+    SaddleFreeNewton,
 )
 
 KERAS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion")
@@ -88,11 +92,18 @@ OPTIMIZERS["gauss_newton"] = Entry(
                                   learning_rate=hp.learning_rate),
     1.0,
 )
-# --damping is the initial damping that Levenberg-Marquardt then adapts.
+# HessianFree and SaddleFreeNewton adapt their damping from their own initial values
+# (--damping is GaussNewton's fixed damping).
 OPTIMIZERS["hessian_free"] = Entry(
-    lambda hp, model: HessianFree(damping=hp.damping, cg_max_iterations=hp.cg_max_iterations,
+    lambda hp, model: HessianFree(cg_max_iterations=hp.cg_max_iterations,
                                   learning_rate=hp.learning_rate),
     1.0,
+)
+OPTIMIZERS["saddle_free"] = Entry(
+    lambda hp, model: SaddleFreeNewton(learning_rate=hp.learning_rate), 1.0
+)
+OPTIMIZERS["gaussian_continuation"] = Entry(
+    lambda hp, model: GaussianContinuation(keras.optimizers.Adam(hp.learning_rate)), 1e-3
 )
 OPTIMIZERS["entropy_sgd"] = Entry(lambda hp, model: EntropySGD(hp.learning_rate), 0.1)
 OPTIMIZERS["hj"] = Entry(lambda hp, model: HJ(hp.learning_rate), 0.1)

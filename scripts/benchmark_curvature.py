@@ -58,6 +58,18 @@ def keras_model(name, quick):
     raise app.UsageError(f"Unknown model {name!r}; choose from mlp, lenet5, rnn_unrolled, rnn_loop.")
 
 
+def jax_available(requested):
+    """Whether to time the JAX peer: requested (``--jax``) and installed."""
+    if not requested:
+        return False
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        print("JAX is not installed (pip install jax): timing TensorFlow only.")
+        return False
+    return True
+
+
 def median_seconds(fn, repeats, block):
     """Median wall time of ``block(fn())`` over ``repeats`` calls, after two warm-up calls."""
     block(fn())  # warm-up: traces and compiles
@@ -245,13 +257,7 @@ def run(model_names, batch_size, rnn_batch_size, repeats, use_jax, quick):
 
 def main(argv):
     del argv
-    use_jax = FLAGS.jax
-    if use_jax:
-        try:
-            import jax  # noqa: F401
-        except ImportError:
-            print("JAX is not installed (pip install jax): timing TensorFlow only.")
-            use_jax = False
+    use_jax = jax_available(FLAGS.jax)
     quick = FLAGS.quick
     repeats = min(FLAGS.repeats, 3) if quick else FLAGS.repeats
     results = run(FLAGS.models, FLAGS.batch_size, FLAGS.rnn_batch_size, repeats, use_jax, quick)

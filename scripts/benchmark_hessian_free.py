@@ -309,13 +309,7 @@ def format_table(results):
 
 def main(argv):
     del argv
-    use_jax = FLAGS.jax
-    if use_jax:
-        try:
-            import jax  # noqa: F401
-        except ImportError:
-            print("JAX is not installed (pip install jax): timing TensorFlow only.")
-            use_jax = False
+    use_jax = benchmark_curvature.jax_available(FLAGS.jax)
     quick = FLAGS.quick
     repeats = min(FLAGS.repeats, 3) if quick else FLAGS.repeats
     if FLAGS.distributed:

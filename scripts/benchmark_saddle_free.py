@@ -126,20 +126,20 @@ def run(model_names, num_steps, batch_size, repeats, use_jax, quick):
 
     results = {}
     for name in model_names:
-        model = benchmark_curvature._keras_model(name, quick)
+        model = benchmark_curvature.keras_model(name, quick)
         x, y = curvature_nets.random_batch(model, batch_size)
         block = lambda out: [np.asarray(t) for t in (out if isinstance(out, list) else [out])]  # noqa: E731
         results[name] = {}
         for mode, jit in (("tf", False), ("xla", True)):
             fns = tf_steps(model, x, y, num_steps, jit)
             results[name][mode] = {
-                step: benchmark_curvature._median_seconds(fn, repeats, block)
+                step: benchmark_curvature.median_seconds(fn, repeats, block)
                 for step, fn in fns.items()
             }
         if use_jax:
             fns = jax_steps(model, x, y, num_steps)
             results[name]["jax"] = {
-                step: benchmark_curvature._median_seconds(fn, repeats, jax.block_until_ready)
+                step: benchmark_curvature.median_seconds(fn, repeats, jax.block_until_ready)
                 for step, fn in fns.items()
             }
     return results
@@ -173,13 +173,7 @@ def format_table(results):
 
 def main(argv):
     del argv
-    use_jax = FLAGS.jax
-    if use_jax:
-        try:
-            import jax  # noqa: F401
-        except ImportError:
-            print("JAX is not installed (pip install jax): timing TensorFlow only.")
-            use_jax = False
+    use_jax = benchmark_curvature.jax_available(FLAGS.jax)
     num_steps = [4] if FLAGS.quick else [int(k) for k in FLAGS.num_steps]
     repeats = min(FLAGS.repeats, 2) if FLAGS.quick else FLAGS.repeats
     batch_size = min(FLAGS.batch_size, 16) if FLAGS.quick else FLAGS.batch_size

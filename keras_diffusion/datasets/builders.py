@@ -95,6 +95,17 @@ def _arrays_examples(**arrays):
         yield i, {name: values[i] for name, values in arrays.items()}
 
 
+def _train_test_generators(builder):
+    """The train and test splits of a builder, each from ``builder._generate_examples(split)``."""
+    return {split: builder._generate_examples(split) for split in ("train", "test")}
+
+
+def _split_size_and_rng(config, split):
+    """``(number of examples, generator)`` of ``split``: one seeded stream per split."""
+    size = config.num_train if split == "train" else config.num_test
+    return size, np.random.default_rng([config.seed, 0 if split == "train" else 1])
+
+
 @dataclasses.dataclass(eq=False)
 class AddingConfig(tfds.core.BuilderConfig):
     """``adding.AddingTask(length, num_train, num_test, placement=placement, seed=seed)``."""
@@ -143,7 +154,7 @@ class AddingProblem(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {split: self._generate_examples(split) for split in ("train", "test")}
+        return _train_test_generators(self)
 
     def _generate_examples(self, split):
         x, y = self.task().arrays(split)
@@ -212,12 +223,11 @@ class Pathological(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {split: self._generate_examples(split) for split in ("train", "test")}
+        return _train_test_generators(self)
 
     def _generate_examples(self, split):
         c = self.builder_config
-        n = c.num_train if split == "train" else c.num_test
-        rng = np.random.default_rng([c.seed, 0 if split == "train" else 1])
+        n, rng = _split_size_and_rng(c, split)
         x, y = pathological_sequences(self.task(), n, c.chunk, rng)
         return _arrays_examples(x=x, y=y)
 
@@ -375,12 +385,11 @@ class Curves(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {split: self._generate_examples(split) for split in ("train", "test")}
+        return _train_test_generators(self)
 
     def _generate_examples(self, split):
         c = self.builder_config
-        n = c.num_train if split == "train" else c.num_test
-        rng = np.random.default_rng([c.seed, 0 if split == "train" else 1])
+        n, rng = _split_size_and_rng(c, split)
         images = np.round(255.0 * curves.curve_images(n, rng)).astype(np.uint8)[..., None]
         return _arrays_examples(image=images)
 

@@ -120,24 +120,46 @@ class Bandwidth(keras.layers.Layer):
             trainable=trainable,
         )
         self.build(None)
+        self.driver = None
 
     @property
     def value(self):
-        """The current sigma as a float32 scalar tensor."""
+        """The current sigma as a float32 scalar tensor.
+
+        With a :attr:`driver` (a per-step sigma schedule during ``fit``, see
+        :meth:`drive`) it is ``driver(held)``, ``held`` the variable's value.
+        """
         value = ops.convert_to_tensor(self.variable)
-        return ops.exp(0.5 * value) if self.learned else value
+        if self.learned:
+            return ops.exp(0.5 * value)
+        return value if self.driver is None else self.driver(value)
+
+    def drive(self, driver):
+        """Lets ``driver(held) -> sigma`` compute :attr:`value` inside traced functions.
+
+        A ``unit="batch"`` schedule of ``keras_diffusion.callbacks`` evaluates sigma from the
+        optimizer's step counter in the graph of the train step, so that every step of an
+        execution of ``steps_per_execution`` steps sees its own sigma. Functions traced
+        before ``drive`` keep the value they traced. ``None`` releases the bandwidth.
+        """
+        if driver is not None:
+            self._refuse_if_learned()
+        self.driver = driver
 
     def assign(self, sigma):
         """Sets sigma. Python numbers are checked here; tensors are assigned as given."""
+        self._refuse_if_learned()
+        if isinstance(sigma, (int, float)):
+            sigma = check_sigma(sigma)
+        self.variable.assign(ops.cast(sigma, "float32"))
+
+    def _refuse_if_learned(self):
         if self.learned:
             raise ValueError(
                 f"Bandwidth {self.name!r} is learned (its sigma is an optimization variable "
                 "moved by the optimizer): a sigma schedule or set_sigma cannot drive it. "
                 "Remove the schedule callback, or create the Bandwidth with learned=False."
             )
-        if isinstance(sigma, (int, float)):
-            sigma = check_sigma(sigma)
-        self.variable.assign(ops.cast(sigma, "float32"))
 
     def call(self, inputs=None):
         return self.value

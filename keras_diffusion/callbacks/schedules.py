@@ -14,10 +14,26 @@ proceeds:
   ``k = duration`` on.
 
 ``k`` counts epochs (``unit="epoch"``: the epoch index of ``fit``, sigma set at the start of
-every epoch) or optimizer steps (``unit="batch"``: ``model.optimizer.iterations``, read before
-every training batch, as Keras's ``LearningRateSchedule`` does). The decaying schedules take an
-optional ``cutoff``: once the decayed value drops below it, sigma is exactly 0 (the undiffused
-network), which is how a geometric or polynomial schedule ends at ``sigma_m = 0``.
+every epoch) or optimizer steps (``unit="batch"``: ``model.optimizer.iterations`` at the step,
+as Keras's ``LearningRateSchedule`` does). The decaying schedules take an optional ``cutoff``:
+once the decayed value drops below it, sigma is exactly 0 (the undiffused network), which is
+how a geometric or polynomial schedule ends at ``sigma_m = 0``.
+
+Steps per execution. ``model.compile(steps_per_execution=S)`` runs ``S`` train steps in one
+call of the compiled train function, and callbacks run only between such calls. A
+``unit="batch"`` schedule therefore does not assign sigma from a callback: during ``fit`` it
+drives its bandwidths (:meth:`keras_diffusion.Bandwidth.drive`), whose value inside the train
+step is the schedule evaluated in the graph at the optimizer's current step,
+:meth:`SigmaSchedule.sigma_tensor` of ``optimizer.iterations``. Every step of an execution
+thus trains at its own ``sigma_at(k)``, whatever ``S`` (the same weights for every ``S``),
+under ``jit_compile``, mixed precision and ``tf.distribute``, and the optimizers that read
+sigma (``AnnealedStep``) see the same value. Between executions (callbacks, validation,
+``get_sigma``, evaluation at ``sigma = 0``) the bandwidth holds its variable, which the
+schedule sets after each execution to the sigma of the last step. The first ``fit`` with a new
+driver retraces the train function (it is reset in ``set_model``). ``unit="epoch"`` schedules
+and :class:`StagedSigma` (whose stages, plateau-ended or not, change only at epoch
+boundaries, i.e. between executions) assign the variable from ``on_epoch_begin`` and are exact
+under any ``S``.
 
 Resuming: the position of a schedule lives in state that checkpoints hold. The epoch index is
 restored by ``keras.callbacks.BackupAndRestore`` and ``keras_diffusion.callbacks
@@ -27,9 +43,8 @@ restored by ``keras.callbacks.BackupAndRestore`` and ``keras_diffusion.callbacks
 ``monitor`` it resumes at the stage of the restored sigma, and its plateau counters are
 restored exactly by ``keras_diffusion.callbacks.BackupAndRestore`` (they are Python state,
 see :class:`~keras_diffusion.callbacks.state.StatefulCallback`), while after Keras's own
-backup they restart at the resumed epoch. With ``steps_per_execution = S > 1`` the callbacks
-run once per ``S`` steps, so a ``unit="batch"`` schedule sets sigma at steps ``0, S, 2S, ...``
-(``sigma_at(jS)`` holds for the ``S`` steps of execution ``j``).
+backup they restart at the resumed epoch. A ``unit="batch"`` schedule reads the restored
+``optimizer.iterations`` in the graph, so it resumes at the exact step.
 
 Every schedule writes the sigma in use into the epoch ``logs`` under ``"sigma"``, so it shows in
 ``History`` (and in ``keras.callbacks.TensorBoard`` when the schedule is listed before it:
@@ -96,9 +111,49 @@ class SigmaSchedule(StatefulCallback):
         self.verbose = verbose
         self.sigma = None
         self._writer = None
+        # unit="batch": True while an execution of train steps runs (see _driven_value).
+        self._executing = None
+        self._driver = self._driven_value  # one bound method: marks the bandwidths driven
 
     def sigma_at(self, k):
+        """Sigma at step index ``k`` (a Python int), as a Python float."""
         raise NotImplementedError
+
+    def sigma_tensor(self, k):
+        """:meth:`sigma_at` in the graph: ``k`` an integer tensor, returns a float32 scalar.
+
+        Needed for ``unit="batch"`` (see "Steps per execution" in the module docstring).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} with unit='batch' must implement sigma_tensor(k), the "
+            "schedule as a function of the optimizer's step count in the graph."
+        )
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self.unit == "batch":
+            self._drive(model)
+
+    def _drive(self, model):
+        """Makes this schedule the driver of its bandwidths; retraces ``fit`` if that is new."""
+        strategy = model.distribute_strategy
+        retrace = self._executing is None or self._executing[0] is not strategy
+        if retrace:
+            with strategy.scope():
+                flag = tf.Variable(False, trainable=False, name="sigma_schedule_executing")
+            self._executing = (strategy, flag)
+        for target in self._targets():
+            if target.driver is not self._driver:
+                target.drive(self._driver)
+                retrace = True
+        if retrace:
+            model.train_function = None
+
+    def _driven_value(self, held):
+        """The value of a driven bandwidth: ``sigma_tensor(iterations)`` inside executions."""
+        step = keras.ops.convert_to_tensor(self.model.optimizer.iterations)
+        scheduled = tf.cast(self.sigma_tensor(step), held.dtype)
+        return tf.where(tf.convert_to_tensor(self._executing[1]), scheduled, held)
 
     def _targets(self):
         if self.bandwidth is not None:
@@ -125,8 +180,13 @@ class SigmaSchedule(StatefulCallback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.unit == "batch":
-            iterations = self.model.optimizer.iterations
-            self._set(self.sigma_at(int(keras.ops.convert_to_numpy(iterations))))
+            self._executing[1].assign(True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.unit == "batch":
+            self._executing[1].assign(False)
+            steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._set(self.sigma_at(max(steps - 1, 0)))  # the sigma of the last step
 
     def on_epoch_end(self, epoch, logs=None):
         if self.sigma is None:
@@ -342,11 +402,17 @@ class _DecayingSigma(SigmaSchedule):
         self.cutoff = validation.nonnegative("cutoff", cutoff)
 
     def decay(self, k):
+        """The factor of ``sigma0`` at ``k``: a Python number, or a float64 tensor (written
+        with operators that take both, so both paths compute the same formula)."""
         raise NotImplementedError
 
     def sigma_at(self, k):
         sigma = self.sigma0 * self.decay(k)
-        return 0.0 if sigma < self.cutoff else sigma
+        return 0.0 if sigma < self.cutoff else float(sigma)
+
+    def sigma_tensor(self, k):
+        sigma = self.sigma0 * self.decay(tf.cast(k, "float64"))
+        return tf.cast(tf.where(sigma < self.cutoff, tf.zeros_like(sigma), sigma), "float32")
 
     def get_config(self):
         config = super().get_config()
@@ -431,7 +497,7 @@ class LinearSigma(_DecayingSigma):
         self.duration = validation.positive_int("duration", duration)
 
     def decay(self, k):
-        return max(0.0, 1.0 - k / self.duration)
+        return 1.0 - k / self.duration  # negative from k = duration on: snapped to 0 (cutoff 0)
 
     def get_config(self):
         config = super().get_config()

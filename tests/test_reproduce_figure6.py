@@ -1,13 +1,16 @@
 """scripts/reproduce_mobahi_figure6.py: the --quick CI run and the search it is built on."""
 
+import importlib
 import json
 import math
 
 import numpy as np
 import pytest
+from absl import flags
 
 import script_runner
 from scripts import reproduce_mobahi_figure6 as figure6
+from scripts import train
 
 
 def settings(**overrides):
@@ -30,11 +33,14 @@ def test_quick_run_writes_a_sane_table(tmp_path):
     assert set(results["table"]) == {f"{b}/{m}" for b in quick["batch_sizes"]
                                      for m in ("sgd", "diffusion")}
     for entry in results["table"].values():
-        assert len(entry["epochs"]) == quick["seeds"]
+        assert len(entry["epochs"]) == len(entry["curves"]) == quick["seeds"]
         assert all(e is None or 1 <= e <= quick["epochs"] for e in entry["epochs"])
         assert entry["failures"] == entry["epochs"].count(None)
         reached = [e for e in entry["epochs"] if e is not None]
-        assert entry["mean"] == (pytest.approx(np.mean(reached)) if reached else None)
+        assert entry["median"] == (pytest.approx(np.median(reached)) if reached else None)
+        assert len(entry["seconds_to_target"]) == len(reached)
+        assert all(0 < s < 60 for s in entry["seconds_to_target"])
+        assert 0 < entry["median_epoch_seconds"] < 10
         # Training stops at the target: a seed that reached it ends at or below it.
         for epochs, final in zip(entry["epochs"], entry["final_errors"]):
             assert final > 0
@@ -44,10 +50,18 @@ def test_quick_run_writes_a_sane_table(tmp_path):
         assert len(method_trials) == quick["search_trials"]
     sgd_lr = results["table"]["50/sgd"]["hyperparameters"]["learning_rate"]
     assert results["table"]["50/sgd"]["hyperparameters"]["method"] == "sgd"
-    assert 0.01 <= sgd_lr <= 0.3
+    assert 0.01 <= sgd_lr <= 1.0
     table = (tmp_path / "table.md").read_text()
     assert table.count("| 50 | sgd |") == 1 and table.count("| 50 | diffusion |") == 1
+    assert "0.05 on the mean of the two numbers (0.2 on the sum)" in table
     assert table in proc.stdout
+    assert (tmp_path / "figure6.png").stat().st_size > 0
+
+
+def test_importing_the_script_defines_no_flags():
+    before = set(flags.FLAGS)
+    importlib.reload(figure6)  # a flag defined at import would be defined twice: an error
+    assert set(flags.FLAGS) == before
 
 
 def test_search_is_paired_and_within_ranges():
@@ -55,13 +69,18 @@ def test_search_is_paired_and_within_ranges():
     assert len(trials) == 40
     for sgd, diffusion in trials:
         assert sgd.method == "sgd" and diffusion.method == "diffusion"
+        assert sgd.optimizer == "sgd"
         assert sgd.learning_rate == diffusion.learning_rate  # same draw for both methods
-        assert 0.01 <= sgd.learning_rate <= 0.3
-        assert 0.1 <= diffusion.sigma0 <= 3.0 and 1e-5 <= diffusion.penalty <= 0.1
+        assert 0.01 <= sgd.learning_rate <= 1.0
+        assert 0.1 <= diffusion.sigma0 <= 10.0 and 1e-6 <= diffusion.penalty <= 0.1
         assert diffusion.schedule == "linear"
         assert diffusion.sigma_epochs in {5, 10, 20, 40}
+        if diffusion.optimizer == "annealed":
+            assert 0.003 <= diffusion.sigma_floor <= 0.3
+    assert {d.optimizer for _, d in trials} == {"sgd", "annealed"}
     rates = np.log10([sgd.learning_rate for sgd, _ in trials])
     assert rates.max() - rates.min() > 1.0  # spread over the log range
+    assert rates.max() > np.log10(0.3)  # beyond the old cap
     again = figure6.search_space(settings(), batch_size=10)
     assert [t[1] for t in again] == [t[1] for t in trials]
     assert figure6.search_space(settings(), batch_size=50)[0] != trials[0]
@@ -75,23 +94,58 @@ def test_search_score_orders_trials():
         figure6.search_score([[0.1, 0.09, 0.08]], 0.02, cap=3),
         figure6.search_score([[math.nan]], 0.02, cap=3),
     ]
-    assert scores[0] == (3, 0.01) and scores[1] == (2, 0.01) and scores[2] == (4, 0.03)
+    assert scores[0] == (3, 0, 0.01) and scores[1] == (2, 0, 0.01)
+    assert scores[2] == (4, 1, 0.03)
     assert sorted(range(4), key=lambda i: scores[i]) == [1, 0, 2, 3]
-    assert scores[4] == (4, math.inf)  # diverged: never reaches the target, ranks last
-    assert min(scores[3:], key=lambda s: s) == scores[3]
-    # Several seeds: mean epochs (a miss counts cap + 1), and one divergence makes it inf.
-    assert figure6.search_score([[0.01], [0.1, 0.01]], 0.02, cap=3) == (1.5, 0.01)
-    two_seeds = figure6.search_score([[0.01], [0.5, 0.3, 0.2]], 0.02, cap=3)
-    assert two_seeds == pytest.approx((2.5, 0.105))
-    assert figure6.search_score([[0.01], [math.inf]], 0.02, cap=3)[1] == math.inf
+    assert scores[4] == (4, 1, math.inf)  # diverged: never reaches the target, ranks last
+    # Several seeds: the median epochs (a miss counts cap + 1), not a mean over successes.
+    five = [[0.01], [0.1, 0.01], [0.1, 0.1, 0.01], [0.5] * 3, [math.nan]]
+    assert figure6.search_score(five, 0.02, cap=3) == (3, 2, 0.01)
+    assert figure6.search_score([[0.01], [0.1, 0.01]], 0.02, cap=3) == (1.5, 0, 0.01)
+
+
+def test_summary_uses_medians_failures_and_wall_clock():
+    outcomes = [
+        {"errors": [0.5, 0.1, 0.01], "seconds": [1.0, 1.0, 2.0], "compile_seconds": 9.0},
+        {"errors": [0.5, 0.01], "seconds": [1.0, 3.0]},
+        {"errors": [0.5, 0.4, 0.3, 0.3], "seconds": [1.0, 1.0, 1.0, 1.0]},
+        {"errors": [0.01], "seconds": [0.5]},
+    ]
+    entry = figure6.summarize(outcomes, 0.02)
+    assert entry["epochs"] == [3, 2, None, 1] and entry["failures"] == 1
+    assert entry["median"] == 2 and entry["seconds_to_target"] == [4.0, 4.0, 0.5]
+    assert entry["median_seconds"] == 4.0
+    assert entry["median_epoch_seconds"] == 1.5  # medians per run over epochs >= 2: 1.5, 3, 1
+    assert entry["compile_seconds"] == [9.0]
+    assert figure6.summarize(outcomes[2:3], 0.02)["median"] is None
+
+
+def test_epochs_to_thresholds():
+    curves = [[0.5, 0.1, 0.01], [0.5, 0.05], [0.5, 0.5, 0.5]]
+    assert figure6.epochs_to_thresholds(curves, [0.6, 0.1, 0.05]) == [1, 2, 3]
+    assert math.isnan(figure6.epochs_to_thresholds(curves, [0.01])[0])  # 2 of 3 never
+
+
+def test_shared_compiled_model_trains_each_seed_as_a_fresh_one():
+    def job(*seeds):
+        runs = tuple(train.RunConfig(epochs=2, batch_size=100, seed=s, verbose=0) for s in seeds)
+        spec = train.MethodSpec("diffusion", learning_rate=0.2, optimizer="annealed",
+                                sigma0=1.0, sigma_epochs=2, penalty=1e-3)
+        return figure6.Job(runs, spec, "test", "erf", "lecun_normal")
+
+    shared = figure6.train_runs(job(0, 1))
+    alone = figure6.train_runs(job(1))
+    assert shared[1]["errors"] == alone[0]["errors"]
+    assert shared[0]["errors"] != shared[1]["errors"]
+    assert shared[0]["compile_seconds"] > 0 and "compile_seconds" not in shared[1]
 
 
 def test_table_cells():
-    assert figure6.epochs_cell({"mean": None, "sd": None}) == "never"
-    assert figure6.epochs_cell({"mean": 20.0, "sd": None}) == "20.0"
-    assert figure6.epochs_cell({"mean": 20.0, "sd": 2.5}) == "20.0 +- 2.5"
-    assert figure6.ratio({"sgd": {"mean": 90.0}, "diffusion": {"mean": 20.0}}) == "4.50"
-    assert figure6.ratio({"sgd": {"mean": None}, "diffusion": {"mean": 20.0}}) == "n/a"
+    assert figure6.cell(None) == "never"
+    assert figure6.cell(20.0) == "20.0"
+    assert figure6.cell(0.0123, ".3f") == "0.012"
+    assert figure6.ratio({"sgd": {"median": 90.0}, "diffusion": {"median": 20.0}}) == "4.50"
+    assert figure6.ratio({"sgd": {"median": None}, "diffusion": {"median": 20.0}}) == "n/a"
 
 
 @pytest.mark.parametrize(
@@ -103,6 +157,8 @@ def test_table_cells():
         (dict(search_seeds=0), "`search_seeds` must be an integer >= 1, got 0"),
         (dict(validation_fraction=0.0), r"`validation_fraction` must be in \(0, 1\], got 0.0"),
         (dict(validation_fraction=1.0), r"`validation_fraction` must be in \(0, 1\), got 1.0"),
+        (dict(output="tanh"), r"`output` must be one of \('erf', 'linear'\), got 'tanh'"),
+        (dict(compare_initializer="ones"), r"`compare_initializer` must be one of .*'ones'"),
     ],
 )
 def test_bad_settings_name_the_value(overrides, message):

@@ -258,7 +258,9 @@ def test_batch_schedule_counts_optimizer_steps_under_steps_per_execution():
     x, y = data(16)
     schedule = kd.callbacks.LinearSigma(1.0, duration=8, unit="batch")
     model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[schedule, Record()])
-    # One callback per execution of 2 steps: sigma_at(0), sigma_at(2), ... (not k = 0, 1, ...).
+    # Callbacks run once per execution of 2 steps; after the schedule's on_train_batch_begin
+    # the model reads sigma_at(iterations), the sigma of the execution's first step (each
+    # step inside trains at its own sigma_at(k): test_schedules_steps_per_execution.py).
     np.testing.assert_allclose(seen, [1.0, 0.75, 0.5, 0.25], rtol=1e-6)
     # A second fit continues from optimizer.iterations (8 steps: sigma_at(8) = 0).
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[schedule, Record()])

@@ -34,8 +34,9 @@ For every batch size:
 2. Final runs: each method with its best hyperparameters on all training sequences for
    ``--seeds`` seeds (data, initial weights and shuffling change with the seed), at most
    ``--epochs`` epochs, stopping at the target on the test set. Reported per method: the
-   median epochs to the target over the seeds that reach it, the failed seeds, the median
-   wall-clock to the target and per epoch, and the ratio SGD / diffusion of the medians.
+   median over all seeds of the epochs to the target (a failed seed counting as never), the
+   failed seeds, the median wall-clock to the target and per epoch, and the ratio SGD /
+   diffusion of the medians.
 
 Wall-clock: every job compiles one XLA function that trains a whole epoch (steps per
 execution = steps per epoch) and shares it between its seeds; a callback times each epoch's
@@ -331,8 +332,16 @@ def search_score(curves, target, cap):
     return (float(np.median(epochs)), failures, float(np.median(finals)))
 
 
+def _median_with_failures(values, seeds):
+    """Median over ``seeds`` runs, the ``seeds - len(values)`` failed ones counting as never
+    (infinite); ``None`` when that median is never (half the seeds or more failed)."""
+    median = float(np.median(list(values) + [math.inf] * (seeds - len(values))))
+    return None if math.isinf(median) else median
+
+
 def summarize(outcomes, target):
-    """Per-method summary of final runs: medians over the seeds that reach ``target``.
+    """Per-method summary of final runs: medians over ALL seeds, a failed one counting as
+    never reaching ``target`` (``_median_with_failures``), and the number of failed seeds.
 
     Wall-clock: each run's steady epoch time (the median over its epochs after the first,
     which also fills the input pipeline's cache) times its epochs to the target
@@ -346,10 +355,10 @@ def summarize(outcomes, target):
     return {
         "epochs": epochs,
         "failures": len(epochs) - len(reached),
-        "median": float(np.median([epochs[i] for i in reached])) if reached else None,
+        "median": _median_with_failures([epochs[i] for i in reached], len(epochs)),
         "seconds_to_target": to_target,
         "measured_seconds_to_target": [sum(outcomes[i]["seconds"][:epochs[i]]) for i in reached],
-        "median_seconds": float(np.median(to_target)) if reached else None,
+        "median_seconds": _median_with_failures(to_target, len(epochs)),
         "median_epoch_seconds": float(np.median(steady)),
         "compile_seconds": [o["compile_seconds"] for o in outcomes if "compile_seconds" in o],
         "final_errors": [o["errors"][-1] for o in outcomes],
@@ -465,7 +474,7 @@ def markdown_table(results):
         f"{settings['output']} output, U {settings['input_initializer']}; {settings['seeds']} "
         f"seeds, cap {settings['epochs']} epochs; hyperparameters from "
         f"{settings['search_trials']} random-search trials x {settings['search_seeds']} seeds "
-        "per method. Medians over the seeds that reach the target.",
+        "per method. Medians over all seeds, a failed seed counting as never.",
         "",
         "| batch | method | epochs (median) | failed seeds | s to target (median) | s/epoch "
         "| final error, mean / sum unit (median) | paper | SGD / diffusion | lr | step rule "
@@ -544,6 +553,9 @@ def plot(results, path):
                 axis.plot([0.02], [paper], "x", color=color, markersize=10,
                           label=f"paper, {method}: ~{paper} epochs at ~0.02")
         axis.set_xscale("log")
+        ticks = settings["target_error"] * np.array([1, 2, 5, 10])
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axis.minorticks_off()
         axis.set_xlabel(f"test error ({settings['output']} output's unit)")
         axis.set_ylabel("epochs to reach it")
         axis.set_title(f"batch size {batch_size}")

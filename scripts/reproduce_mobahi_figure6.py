@@ -254,7 +254,7 @@ def train_runs(job):
     ``compile_seconds`` of the first outcome) of all epochs of the job.
     """
     spec, outcomes, model, initial_state = job.spec, [], None, None
-    scale = 0.5 if job.output == "erf" else 1.0
+    target = builders.halved_target if job.output == "erf" else (lambda y: y)
     for run in job.runs:
         train.check_run(run, spec)
         keras.utils.set_random_seed(run.seed)
@@ -273,10 +273,10 @@ def train_runs(job):
             for variable, value in zip(model.optimizer.variables, initial_state):
                 variable.assign(value)
         data = pipelines.batches(
-            task.train.map(lambda x, y: (x, y * scale)), run.batch_size, training=True,
+            task.train.map(lambda x, y: (x, target(y))), run.batch_size, training=True,
             seed=run.seed,
         )
-        arrays = [(x, y * scale) for x, y in task.arrays[job.split]]
+        arrays = [(x, target(y)) for x, y in task.arrays[job.split]]
         timer = EpochTimer()
         curve = train.ErrorCurve(arrays, task.error, stop_at=run.target_error)
         callbacks = [c for c in (timer, spec.sigma_callback(), curve) if c is not None]

@@ -14,14 +14,12 @@ def test_erf_output_is_the_paper_unit_and_fits_the_halved_target():
     model = builders.build_adding_rnn("sgd", units=3, output_activation="erf", length=4, seed=2,
                                       input_initializer="lecun_normal")
     x = np.random.default_rng(0).uniform(size=(5, 4, 2)).astype("float32")
-    weights = {w.path: w.numpy() for w in model.weights}
-    cell = "rnn/diffused_rnn_cell/"
-    m = np.broadcast_to(weights[cell + "initial_state"], (5, 3))
+    cell, output = model.get_layer("rnn").cell, model.get_layer("output")
+    kernel, recurrent, bias = (v.numpy() for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
+    m = np.broadcast_to(cell.initial_state.numpy(), (5, 3))
     for t in range(4):
-        m = (x[:, t] @ weights[cell + "kernel"] + special.erf(m) @ weights[cell + "recurrent_kernel"]
-             + weights[cell + "bias"])
-    h = special.erf(m)
-    expected = special.erf(h @ weights["output/kernel"] + weights["output/bias"])
+        m = x[:, t] @ kernel + special.erf(m) @ recurrent + bias
+    expected = special.erf(special.erf(m) @ output.kernel.numpy() + output.bias.numpy())
     np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(model(x).numpy()) < 1)
     y = np.array([[0.3], [1.9]])

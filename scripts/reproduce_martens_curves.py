@@ -67,15 +67,15 @@ class Settings:
     encoder: tuple = (400, 200, 100, 50, 25, 6)
     seeds: int = 3
     search_seed: int = 100
-    budget_seconds: float = 90.0
-    search_budget_seconds: float = 20.0
-    evaluations: int = 12
+    budget_seconds: float = 180.0
+    search_budget_seconds: float = 30.0
+    evaluations: int = 10
     grids: tuple = (("hessian_free", (0.25, 0.5, 1.0, 2.0)),
                     ("adam", (3e-4, 1e-3, 3e-3, 1e-2)),
-                    ("sgd_momentum", (0.3, 1.0, 3.0, 10.0)))
+                    ("sgd_momentum", (1.0, 3.0, 10.0, 30.0)))
     batch_size: int = 100
     momentum: float = 0.9
-    hf_batch_size: int = 2500
+    hf_batch_size: int = 5000
     curvature_fraction: float = 0.2
     damping: float = MARTENS_DAMPING / PIXELS
     cg_max_iterations: int = 250
@@ -89,7 +89,7 @@ QUICK = Settings(num_train=64, num_test=32, encoder=(16, 8, 2), seeds=1, budget_
                  search_budget_seconds=0.3, evaluations=3,
                  grids=(("hessian_free", (0.5, 1.0)), ("adam", (1e-3, 1e-2)),
                         ("sgd_momentum", (1.0, 3.0))),
-                 batch_size=16, hf_batch_size=32, curvature_fraction=0.5, cg_max_iterations=10)
+                 batch_size=16, hf_batch_size=64, curvature_fraction=0.5, cg_max_iterations=10)
 
 
 def make_data(settings):
@@ -174,6 +174,9 @@ class Run:
             if key in self.logs:
                 point[key] = self.logs[key]
         self.curve.append(point)
+        print(f"{self.method} lr={self.learning_rate:g} seed={self.seed}: {self.clock:.1f} s, "
+              f"{point['passes']:.1f} passes, squared error {point['train_squared_error']:.2f}, "
+              f"cross-entropy {point['train_cross_entropy']:.1f}", flush=True)
 
     def summary(self):
         return {"method": self.method, "learning_rate": self.learning_rate, "seed": self.seed,

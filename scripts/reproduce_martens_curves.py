@@ -355,9 +355,11 @@ def define_flags():
     flags.DEFINE_float("search_budget_seconds", d.search_budget_seconds,
                        "Training seconds per search run.")
     flags.DEFINE_integer("evaluations", d.evaluations, "Evaluations per final run.")
-    for method in METHODS:
-        flags.DEFINE_list(f"{method}_grid", [str(v) for v in d.grid(method)],
-                          f"Learning rates searched for {method}.")
+    flags.DEFINE_list("hessian_free_grid", [str(v) for v in d.grid("hessian_free")],
+                      "HF step scales (learning rates) searched.")
+    flags.DEFINE_list("adam_grid", [str(v) for v in d.grid("adam")], "Adam rates searched.")
+    flags.DEFINE_list("sgd_momentum_grid", [str(v) for v in d.grid("sgd_momentum")],
+                      "SGD+momentum rates searched.")
     flags.DEFINE_integer("batch_size", d.batch_size, "Mini-batch of Adam and SGD.")
     flags.DEFINE_float("momentum", d.momentum, "SGD momentum.")
     flags.DEFINE_integer("hf_batch_size", d.hf_batch_size, "HF gradient batch.")

@@ -80,6 +80,7 @@ class Settings:
     damping: float = MARTENS_DAMPING / PIXELS
     cg_max_iterations: int = 250
     preconditioner: bool = False
+    methods: tuple = METHODS
 
     def grid(self, method):
         return dict(self.grids)[method]
@@ -207,12 +208,15 @@ def race(runs, budget, evaluations):
 
 
 def search(settings, data):
-    """Every grid value of every method for the search budget; the best per method."""
+    """Every grid value of every method for the search budget; the best per method (a
+    one-value grid is taken as given, without a search run)."""
+    searched = [m for m in settings.methods if len(settings.grid(m)) > 1]
     runs = race([Run(method, lr, settings.search_seed, settings, data)
-                 for method in METHODS for lr in settings.grid(method)],
+                 for method in searched for lr in settings.grid(method)],
                 settings.search_budget_seconds, max(2, settings.evaluations // 4))
-    trials, best = {}, {}
-    for method in METHODS:
+    trials = {m: [] for m in settings.methods}
+    best = {m: settings.grid(m)[0] for m in settings.methods}
+    for method in searched:
         scored = [(r.curve[-1]["train_cross_entropy"] if not r.failed else math.inf,
                    r.learning_rate) for r in runs if r.method == method]
         trials[method] = [{"learning_rate": lr, "final_train_cross_entropy": score}
@@ -226,11 +230,11 @@ def at_budget(run, key):
     return math.inf if run["failed"] else run["curve"][-1][key]
 
 
-def summarize(runs):
+def summarize(runs, methods=METHODS):
     """Table rows and summary: medians (and ranges) over seeds at the common budget."""
     rows, summary = [], {}
     keys = ("train_squared_error", "train_cross_entropy", "test_squared_error", "passes")
-    for method in METHODS:
+    for method in methods:
         mine = [r for r in runs if r["method"] == method]
         values = {k: [at_budget(r, k) for r in mine] for k in keys}
         failures = sum(r["failed"] for r in mine)
@@ -254,7 +258,7 @@ HEADER = ["method", "learning rate", "train squared error, median (range)",
           "train cross-entropy", "test squared error", "data passes", "steps", "failures"]
 
 
-def plot(runs, path, title):
+def plot(runs, path, title, methods=METHODS):
     """2 x 2 figure: squared error and cross-entropy against seconds and data passes."""
     import matplotlib
 
@@ -266,7 +270,7 @@ def plot(runs, path, title):
     for row, key in enumerate(("train_squared_error", "train_cross_entropy")):
         for col, x_key in enumerate(("seconds", "passes")):
             ax = axes[row, col]
-            for method in METHODS:
+            for method in methods:
                 for i, run in enumerate(r for r in runs if r["method"] == method):
                     ax.plot([p[x_key] for p in run["curve"]], [p[key] for p in run["curve"]],
                             color=colors[method], alpha=0.8, marker=".",
@@ -294,10 +298,10 @@ def reproduce(settings, output_dir):
     data = make_data(settings)
     best, trials = search(settings, data)
     runs = race([Run(method, best[method], seed, settings, data)
-                 for seed in range(settings.seeds) for method in METHODS],
+                 for seed in range(settings.seeds) for method in settings.methods],
                 settings.budget_seconds, settings.evaluations)
     runs = [run.summary() for run in runs]
-    rows, summary = summarize(runs)
+    rows, summary = summarize(runs, settings.methods)
     reporting.print_table(HEADER, rows)
     with open(os.path.join(output_dir, "table.md"), "w") as f:
         f.write("| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER) + "\n")
@@ -305,19 +309,21 @@ def reproduce(settings, output_dir):
     widths = "-".join(str(w) for w in (data[0].shape[1],) + tuple(settings.encoder))
     title = (f"CURVES-like, {widths} autoencoder, {settings.num_train} images, "
              f"{settings.budget_seconds:g} s per run, {settings.seeds} seed(s)")
-    plot(runs, os.path.join(output_dir, "curves.png"), title)
+    plot(runs, os.path.join(output_dir, "curves.png"), title, settings.methods)
     settings_dict = dataclasses.asdict(settings)
     settings_dict["grids"] = {k: list(v) for k, v in settings.grids}
     results = {"settings": settings_dict, "search": {"best": best, "trials": trials},
                "summary": summary, "runs": runs}
     reporting.write_json(results, os.path.join(output_dir, "results.json"))
     print(json.dumps({m: round(summary[m]["train_squared_error"]["median"], 3)
-                      for m in METHODS}))
+                      for m in settings.methods}))
     return results
 
 
 def settings_from_flags(flag_values):
     """``QUICK`` under ``--quick``, else the ``Settings`` of the flags."""
+    from keras_diffusion import validation
+
     if flag_values.quick:
         return QUICK
     grids = tuple((m, tuple(float(v) for v in getattr(flag_values, f"{m}_grid")))
@@ -332,7 +338,9 @@ def settings_from_flags(flag_values):
         momentum=flag_values.momentum, hf_batch_size=flag_values.hf_batch_size,
         curvature_fraction=flag_values.curvature_fraction, damping=flag_values.damping,
         cg_max_iterations=flag_values.cg_max_iterations,
-        preconditioner=flag_values.preconditioner)
+        preconditioner=flag_values.preconditioner,
+        methods=tuple(validation.one_of("methods entry", m, METHODS)
+                      for m in flag_values.methods))
 
 
 def main(argv):
@@ -367,6 +375,7 @@ def define_flags():
                        "Part of the HF batch for the Gauss-Newton products.")
     flags.DEFINE_float("damping", d.damping, "HF initial lambda (Martens' 45 / 784 pixels).")
     flags.DEFINE_integer("cg_max_iterations", d.cg_max_iterations, "CG cap (Martens: 250).")
+    flags.DEFINE_list("methods", list(METHODS), "Methods to train (a subset of the three).")
     flags.DEFINE_bool("preconditioner", d.preconditioner,
                       "Martens' diagonal preconditioner (per-example gradients: slow).")
 

@@ -33,6 +33,8 @@ wall-clock and against data passes).
 Usage:
   python scripts/reproduce_martens_curves.py --quick --output_dir=/tmp/curves      # CI, < 1 min
   python scripts/reproduce_martens_curves.py --flagfile=scripts/configs/martens_curves.cfg
+  python scripts/reproduce_martens_curves.py --merge=a/results.json,b/results.json \\
+      --output_dir=/tmp/merged                     # one table and figure, no training
 """
 
 import dataclasses
@@ -230,21 +232,27 @@ def at_budget(run, key):
     return math.inf if run["failed"] else run["curve"][-1][key]
 
 
-def summarize(runs, methods=METHODS):
-    """Table rows and summary: medians (and ranges) over seeds at the common budget."""
+def groups(runs):
+    """The ``(method, learning_rate)`` pairs of ``runs``, in order of appearance."""
+    return list(dict.fromkeys((r["method"], r["learning_rate"]) for r in runs))
+
+
+def summarize(runs):
+    """Table rows and summary (``{"method@lr": ...}``): medians (and ranges) over seeds at
+    the common budget, one row per method and learning rate."""
     rows, summary = [], {}
     keys = ("train_squared_error", "train_cross_entropy", "test_squared_error", "passes")
-    for method in methods:
-        mine = [r for r in runs if r["method"] == method]
+    for method, learning_rate in groups(runs):
+        mine = [r for r in runs if (r["method"], r["learning_rate"]) == (method, learning_rate)]
         values = {k: [at_budget(r, k) for r in mine] for k in keys}
         failures = sum(r["failed"] for r in mine)
-        summary[method] = {k: {"median": float(np.median(v)), "min": float(np.min(v)),
-                               "max": float(np.max(v))} for k, v in values.items()}
-        summary[method].update(learning_rate=mine[0]["learning_rate"], failures=failures,
-                               runs=len(mine), steps=float(np.median([r["steps"] for r in mine])))
-        s = summary[method]
+        s = {k: {"median": float(np.median(v)), "min": float(np.min(v)),
+                 "max": float(np.max(v))} for k, v in values.items()}
+        s.update(method=method, learning_rate=learning_rate, failures=failures, runs=len(mine),
+                 steps=float(np.median([r["steps"] for r in mine])))
+        summary[f"{method}@{learning_rate:g}"] = s
         rows.append([
-            LABELS[method], f"{s['learning_rate']:g}",
+            LABELS[method], f"{learning_rate:g}",
             f"{s['train_squared_error']['median']:.2f} "
             f"({s['train_squared_error']['min']:.2f}-{s['train_squared_error']['max']:.2f})",
             f"{s['train_cross_entropy']['median']:.1f}",
@@ -258,23 +266,26 @@ HEADER = ["method", "learning rate", "train squared error, median (range)",
           "train cross-entropy", "test squared error", "data passes", "steps", "failures"]
 
 
-def plot(runs, path, title, methods=METHODS):
-    """2 x 2 figure: squared error and cross-entropy against seconds and data passes."""
+def plot(runs, path, title):
+    """2 x 2 figure: squared error and cross-entropy against seconds and data passes, one
+    colour per method and learning rate, one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    colors = dict(zip(METHODS, ("C3", "C0", "C2")))
+    colors = {group: f"C{i}" for i, group in enumerate(groups(runs))}
     for row, key in enumerate(("train_squared_error", "train_cross_entropy")):
         for col, x_key in enumerate(("seconds", "passes")):
             ax = axes[row, col]
-            for method in methods:
-                for i, run in enumerate(r for r in runs if r["method"] == method):
+            for (method, learning_rate), color in colors.items():
+                mine = [r for r in runs if (r["method"], r["learning_rate"]) ==
+                        (method, learning_rate)]
+                for i, run in enumerate(mine):
                     ax.plot([p[x_key] for p in run["curve"]], [p[key] for p in run["curve"]],
-                            color=colors[method], alpha=0.8, marker=".",
-                            label=LABELS[method] if i == 0 else None)
+                            color=color, alpha=0.8, marker=".",
+                            label=f"{LABELS[method]}, lr {learning_rate:g}" if i == 0 else None)
             ax.set_yscale("log")
             if x_key == "passes":
                 ax.set_xscale("symlog", linthresh=1.0)
@@ -289,35 +300,51 @@ def plot(runs, path, title, methods=METHODS):
     plt.close(fig)
 
 
+def title(settings):
+    """The figure's title from a settings dictionary."""
+    widths = "-".join(str(w) for w in [PIXELS] + list(settings["encoder"]))
+    return (f"CURVES-like, {widths} autoencoder, {settings['num_train']} images, "
+            f"{settings['budget_seconds']:g} s per run, {settings['seeds']} seed(s)")
+
+
+def write_outputs(results, output_dir, figure_title):
+    """``table.md``, ``curves.png`` and ``results.json`` (with its ``summary``) of the runs
+    in ``results["runs"]``; prints the table. Returns ``results``."""
+    os.makedirs(output_dir, exist_ok=True)
+    rows, results["summary"] = summarize(results["runs"])
+    reporting.print_table(HEADER, rows)
+    with open(os.path.join(output_dir, "table.md"), "w") as f:
+        f.write("| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER) + "\n")
+        f.writelines("| " + " | ".join(r) + " |\n" for r in rows)
+    plot(results["runs"], os.path.join(output_dir, "curves.png"), figure_title)
+    return reporting.write_json(results, os.path.join(output_dir, "results.json"))
+
+
 def reproduce(settings, output_dir):
     """Search, final runs, outputs; returns the results dictionary."""
     import keras
 
-    os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(settings.data_seed)
     data = make_data(settings)
     best, trials = search(settings, data)
     runs = race([Run(method, best[method], seed, settings, data)
                  for seed in range(settings.seeds) for method in settings.methods],
                 settings.budget_seconds, settings.evaluations)
-    runs = [run.summary() for run in runs]
-    rows, summary = summarize(runs, settings.methods)
-    reporting.print_table(HEADER, rows)
-    with open(os.path.join(output_dir, "table.md"), "w") as f:
-        f.write("| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER) + "\n")
-        f.writelines("| " + " | ".join(r) + " |\n" for r in rows)
-    widths = "-".join(str(w) for w in (data[0].shape[1],) + tuple(settings.encoder))
-    title = (f"CURVES-like, {widths} autoencoder, {settings.num_train} images, "
-             f"{settings.budget_seconds:g} s per run, {settings.seeds} seed(s)")
-    plot(runs, os.path.join(output_dir, "curves.png"), title, settings.methods)
     settings_dict = dataclasses.asdict(settings)
     settings_dict["grids"] = {k: list(v) for k, v in settings.grids}
     results = {"settings": settings_dict, "search": {"best": best, "trials": trials},
-               "summary": summary, "runs": runs}
-    reporting.write_json(results, os.path.join(output_dir, "results.json"))
-    print(json.dumps({m: round(summary[m]["train_squared_error"]["median"], 3)
-                      for m in settings.methods}))
-    return results
+               "runs": [run.summary() for run in runs]}
+    return write_outputs(results, output_dir, title(settings_dict))
+
+
+def merge(paths, output_dir):
+    """The runs of several ``results.json`` files in one table and figure (``--merge``)."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    results = {"merged": list(paths), "runs": [run for part in parts for run in part["runs"]]}
+    return write_outputs(results, output_dir, title(parts[0]["settings"]) + ", merged")
 
 
 def settings_from_flags(flag_values):
@@ -345,7 +372,10 @@ def settings_from_flags(flag_values):
 
 def main(argv):
     del argv
-    reproduce(settings_from_flags(flags.FLAGS), flags.FLAGS.output_dir)
+    if flags.FLAGS.merge:
+        merge(flags.FLAGS.merge, flags.FLAGS.output_dir)
+    else:
+        reproduce(settings_from_flags(flags.FLAGS), flags.FLAGS.output_dir)
 
 
 def define_flags():
@@ -353,6 +383,8 @@ def define_flags():
     d = Settings()
     flags.DEFINE_bool("quick", False, "CI smoke run: a 784-16-8-2 net, 64 images, ~1 s runs.")
     flags.DEFINE_string("output_dir", "/tmp/martens_curves", "Where results go.")
+    flags.DEFINE_list("merge", [], "results.json files whose runs to table and plot "
+                      "together (no training).")
     flags.DEFINE_integer("num_train", d.num_train, "Training images (paper: 20,000).")
     flags.DEFINE_integer("num_test", d.num_test, "Test images (paper: 10,000).")
     flags.DEFINE_integer("data_seed", d.data_seed, "Seed of the generated images.")

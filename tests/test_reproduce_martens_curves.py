@@ -169,7 +169,7 @@ def test_quick_run_writes_table_curves_and_figure(tmp_path):
         assert curve[-1]["passes"] == pytest.approx(
             run["steps"] * (quick.hf_batch_size if run["method"] == "hessian_free"
                             else quick.batch_size) / quick.num_train)
-        summary = results["summary"][run["method"]]
+        summary = results["summary"][f"{run['method']}@{run['learning_rate']:g}"]
         assert summary["train_squared_error"]["median"] == pytest.approx(
             curve[-1]["train_squared_error"])
     hf = [r for r in results["runs"] if r["method"] == "hessian_free"][0]
@@ -177,3 +177,33 @@ def test_quick_run_writes_table_curves_and_figure(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert all(f"| {label} |" in table for label in curves_script.LABELS.values())
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def _fake_results(method, learning_rate, finals):
+    settings = {"num_train": 10, "encoder": [3, 2], "budget_seconds": 1.0, "seeds": len(finals)}
+    runs = [{"method": method, "learning_rate": learning_rate, "seed": seed, "failed": False,
+             "steps": 4, "curve": [
+                 {"seconds": 0.0, "passes": 0.0, "train_squared_error": 9.0,
+                  "train_cross_entropy": 20.0, "test_squared_error": 9.0},
+                 {"seconds": 1.0, "passes": 2.0, "train_squared_error": final,
+                  "train_cross_entropy": 2 * final, "test_squared_error": final}]}
+            for seed, final in enumerate(finals)]
+    return {"settings": settings, "runs": runs}
+
+
+def test_merge_tables_runs_of_several_results_by_method_and_learning_rate(tmp_path):
+    paths = []
+    for name, results in (("a", _fake_results("hessian_free", 2.0, [5.0, 7.0, 6.0])),
+                          ("b", _fake_results("hessian_free", 1.0, [3.0, 1.0, 2.0]))):
+        paths.append(str(tmp_path / f"{name}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(results, f)
+    merged = curves_script.merge(paths, str(tmp_path / "merged"))
+    assert set(merged["summary"]) == {"hessian_free@2", "hessian_free@1"}
+    assert merged["summary"]["hessian_free@2"]["train_squared_error"] == {
+        "median": 6.0, "min": 5.0, "max": 7.0}
+    assert merged["summary"]["hessian_free@1"]["train_cross_entropy"]["median"] == 4.0
+    table = (tmp_path / "merged" / "table.md").read_text().splitlines()
+    assert table[2].startswith("| Hessian-free (GN) | 2 | 6.00 (5.00-7.00) |")
+    assert table[3].startswith("| Hessian-free (GN) | 1 | 2.00 (1.00-3.00) |")
+    assert (tmp_path / "merged" / "curves.png").stat().st_size > 1000

@@ -289,6 +289,7 @@ def plot(runs, path, title):
             ax.set_yscale("log")
             if x_key == "passes":
                 ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlim(left=0)
             ax.set_xlabel("training seconds (interleaved)" if x_key == "seconds"
                           else "passes through the training set")
             ax.set_ylabel("training " + key.split("_", 1)[1].replace("_", " ") + " per image")

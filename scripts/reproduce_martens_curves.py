@@ -1,13 +1,13 @@
 """Martens (2010), the CURVES deep autoencoder, scaled: Hessian-free against Adam and SGD.
 
-Paper setup (Martens 2010, "Deep learning via Hessian-free optimization", sec. 6; the net of
+Paper setup (Martens 2010, "Deep learning via Hessian-free optimization"; the net of
 Hinton & Salakhutdinov 2006): the 784-400-200-100-50-25-6 autoencoder with a mirrored decoder,
 logistic units, a linear code layer, sigmoid cross-entropy on the 784 pixels, trained from
 Martens' sparse initialization without pretraining on CURVES (20,000 training images).
 Hessian-free: Gauss-Newton products on a mini-batch, CG with Martens' stopping rule, warm start,
-backtracking and Levenberg-Marquardt damping (initial lambda 45). Martens reports the training
-squared reconstruction error per image (his Table 1; see the README for the numbers and their
-provenance).
+backtracking and Levenberg-Marquardt damping (initial lambda 45 in Martens' code). Martens
+reports the training squared reconstruction error per image (his Table 1; see the README for
+the numbers and their provenance).
 
 Here (``models.autoencoder``): the same net and loss, compiled with the cross-entropy *averaged*
 over pixels (Keras' ``BinaryCrossentropy``), so lambda is scaled by 1/784 (``--damping`` =
@@ -83,6 +83,25 @@ class Settings:
     cg_max_iterations: int = 250
     preconditioner: bool = False
     methods: tuple = METHODS
+
+    def __post_init__(self):
+        from keras_diffusion import validation
+
+        for name in ("num_train", "num_test", "seeds", "evaluations", "batch_size",
+                     "hf_batch_size", "cg_max_iterations"):
+            validation.positive_int(name, getattr(self, name))
+        for name in ("budget_seconds", "search_budget_seconds", "damping"):
+            validation.positive(name, getattr(self, name))
+        validation.fraction("curvature_fraction", self.curvature_fraction)
+        validation.nonnegative("momentum", self.momentum)
+        for name in ("batch_size", "hf_batch_size"):
+            if getattr(self, name) > self.num_train:
+                raise ValueError(f"`{name}`={getattr(self, name)} exceeds num_train="
+                                 f"{self.num_train}; use at most num_train.")
+        for method in self.methods:
+            validation.one_of("methods entry", method, METHODS)
+            for rate in self.grid(method):
+                validation.positive(f"{method}_grid entry", rate)
 
     def grid(self, method):
         return dict(self.grids)[method]
@@ -350,8 +369,6 @@ def merge(paths, output_dir):
 
 def settings_from_flags(flag_values):
     """``QUICK`` under ``--quick``, else the ``Settings`` of the flags."""
-    from keras_diffusion import validation
-
     if flag_values.quick:
         return QUICK
     grids = tuple((m, tuple(float(v) for v in getattr(flag_values, f"{m}_grid")))
@@ -366,9 +383,7 @@ def settings_from_flags(flag_values):
         momentum=flag_values.momentum, hf_batch_size=flag_values.hf_batch_size,
         curvature_fraction=flag_values.curvature_fraction, damping=flag_values.damping,
         cg_max_iterations=flag_values.cg_max_iterations,
-        preconditioner=flag_values.preconditioner,
-        methods=tuple(validation.one_of("methods entry", m, METHODS)
-                      for m in flag_values.methods))
+        preconditioner=flag_values.preconditioner, methods=tuple(flag_values.methods))
 
 
 def main(argv):

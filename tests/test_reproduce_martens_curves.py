@@ -207,3 +207,15 @@ def test_merge_tables_runs_of_several_results_by_method_and_learning_rate(tmp_pa
     assert table[2].startswith("| Hessian-free (GN) | 2 | 6.00 (5.00-7.00) |")
     assert table[3].startswith("| Hessian-free (GN) | 1 | 2.00 (1.00-3.00) |")
     assert (tmp_path / "merged" / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hf_batch_size": 6000}, "hf_batch_size"),
+    ({"curvature_fraction": 1.5}, "curvature_fraction"),
+    ({"budget_seconds": 0.0}, "budget_seconds"),
+    ({"methods": ("lbfgs",)}, "lbfgs"),
+    ({"grids": (("hessian_free", (1.0, -2.0)),)}, "hessian_free_grid"),
+])
+def test_bad_settings_name_the_value(changes, message):
+    with pytest.raises(ValueError, match=message):
+        curves_script.Settings(**{"methods": ("hessian_free",), **changes})

@@ -152,7 +152,8 @@ class Run:
             input_dim=self.x_train.shape[1], encoder=settings.encoder, seed=seed)
         self.model.compile(optimizer=make_optimizer(method, learning_rate, settings),
                            loss=autoencoder.reconstruction_loss())
-        self.batch_size = settings.hf_batch_size if method == "hessian_free" else settings.batch_size
+        self.batch_size = (settings.hf_batch_size if method == "hessian_free"
+                           else settings.batch_size)
         self.rng = np.random.default_rng([seed, METHODS.index(method)])
         self.order, self.position = self.rng.permutation(len(self.x_train)), 0
         self.clock, self.steps, self.examples, self.traced = 0.0, 0, 0, False

@@ -53,7 +53,12 @@ def assign_if_finite(optimizer, variables, values, checks=()):
         return var.assign(tf.where(accept, tf.cast(value, var.dtype), var))
 
     def merge(distribution, tf_vars, values, finite):
-        accept = tf.reduce_all(tf.stack(distribution.experimental_local_results(finite)))
+        local = distribution.experimental_local_results(finite)
+        if len(local) < distribution.num_replicas_in_sync:  # replicas on other workers
+            rejected = tf.cast(tf.logical_not(finite), tf.float32)
+            accept = distribution.reduce(tf.distribute.ReduceOp.SUM, rejected, axis=None) == 0
+        else:
+            accept = tf.reduce_all(tf.stack(local))
         for var, value in zip(tf_vars, values):
             distribution.extended.update(var, write, args=(value, accept), group=False)
         distribution.extended.update(

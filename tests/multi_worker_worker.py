@@ -1,6 +1,6 @@
 """Trains the multi-worker test cases in one process; used by tests/test_multi_worker.py.
 
-    python tests/multi_worker_worker.py CASE[,CASE...] OUT_DIR
+    python tests/multi_worker_worker.py CASE[,CASE...] OUT_DIR [BACKUP_ROOT [CASE:N]]
 
 With ``TF_CONFIG`` set (the test starts two such processes on loopback, task 0 and 1) the
 cases run under ``tf.distribute.MultiWorkerMirroredStrategy``, one CPU replica per worker;
@@ -15,11 +15,19 @@ strategies in one process reuse collective keys).
 ``nan_on_one_replica`` is no training case: it hands the non-finite guard of the package
 (``keras_diffusion.optimizers.guard``) an update that is finite on task 0 and NaN on task 1,
 then one finite everywhere; it records the weights and ``rejected_steps`` after each.
+
+Faults: with BACKUP_ROOT every case trains with ``kd.callbacks.BackupAndRestore(
+BACKUP_ROOT/<CASE>, save_freq=2)`` and a case whose results exist is skipped (it completed
+before a kill); with ``CASE:N`` task 1 SIGKILLs itself after N trained batches of CASE (task
+0 then waits at its next all-reduce until the test kills it). Running the same command
+again without ``CASE:N`` resumes from the chief's backup.
 """
 
 import json
 import os
+import signal
 import sys
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -42,7 +50,8 @@ from keras_diffusion.optimizers import (  # noqa: E402
 )
 
 GLOBAL_BATCH = 8
-STEPS = 4
+STEPS = 3
+EPOCHS = 2
 
 
 def arrays(features=3, steps=STEPS, seed=0):
@@ -75,73 +84,96 @@ def diffused_mlp(model_class=kd.Sequential):
     ])
 
 
-# The cases: (model, optimizer, callbacks, (x, y)); the model is compiled by `train`.
+# The cases: dicts of the model, optimizer, callbacks, data (x, y) and loss ("mse" if absent).
 
 
 def sgd_schedule():
     """Keras SGD with momentum on the diffused MLP, sigma lowered every batch."""
     schedule = kd.callbacks.GeometricSigma(0.5, rate=0.7, unit="batch")
-    return diffused_mlp(keras.Sequential), keras.optimizers.SGD(0.1, momentum=0.9), [schedule], arrays()
+    return dict(
+        model=diffused_mlp(keras.Sequential),
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        callbacks=[schedule],
+        data=arrays(),
+    )
 
 
 def annealed():
     model = diffused_mlp(keras.Sequential)
-    return model, AnnealedStep(0.2, bandwidth=kd.bandwidth.bandwidths(model)[0]), [], arrays()
+    return dict(
+        model=model,
+        optimizer=AnnealedStep(0.2, bandwidth=kd.bandwidth.bandwidths(model)[0]),
+        data=arrays(),
+    )
 
 
 def gauss_newton():
-    return diffused_mlp(), GaussNewton(damping=0.5, cg_max_iterations=6, cg_tol=1e-6), [], arrays()
+    return dict(
+        model=diffused_mlp(),
+        optimizer=GaussNewton(damping=0.5, cg_max_iterations=6, cg_tol=1e-6),
+        data=arrays(),
+    )
 
 
 def hessian_free():
     optimizer = HessianFree(damping=0.5, cg_max_iterations=5, line_search_max_steps=3)
-    return diffused_mlp(), optimizer, [], arrays()
+    return dict(model=diffused_mlp(), optimizer=optimizer, data=arrays())
 
 
 def saddle_free():
-    return diffused_mlp(), SaddleFreeNewton(lanczos_num_steps=4, line_search_steps=3), [], arrays()
+    return dict(
+        model=diffused_mlp(),
+        optimizer=SaddleFreeNewton(lanczos_num_steps=4, line_search_steps=3),
+        data=arrays(),
+    )
 
 
 def gaussian_continuation():
     optimizer = GaussianContinuation(keras.optimizers.Adam(0.01), variance=1e-2,
                                      regularization=1e-3, warmup_steps=2, seed=5)
-    return diffused_mlp(), optimizer, [], arrays()
+    return dict(model=diffused_mlp(), optimizer=optimizer, data=arrays())
 
 
 def entropy_sgd():
     optimizer = EntropySGD(0.3, num_inner_steps=3, extrinsic_noise=1e-2, gamma=0.5, seed=1)
-    return diffused_mlp(), optimizer, [], arrays()
+    return dict(model=diffused_mlp(), optimizer=optimizer, data=arrays())
 
 
 def hj():
-    return diffused_mlp(), HJ(0.2, num_inner_steps=3), [], arrays()
+    return dict(model=diffused_mlp(), optimizer=HJ(0.2, num_inner_steps=3), data=arrays())
 
 
 def heat():
-    return diffused_mlp(), HEAT(0.2, num_inner_steps=3, gamma=0.05, seed=1), [], arrays()
+    return dict(
+        model=diffused_mlp(),
+        optimizer=HEAT(0.2, num_inner_steps=3, gamma=0.05, seed=1),
+        data=arrays(),
+    )
 
 
 def diffused_rnn():
-    """The diffused RNN (Mobahi 2016 sec. 4.3) trained by Gauss-Newton, sigma scheduled."""
+    """The diffused RNN (Mobahi 2016 sec. 4.3) trained by SGD, sigma scheduled."""
+    sigma = kd.Bandwidth(0.5)
     model = kd.Sequential([
         keras.Input((5, 2)),
-        kd.layers.DiffusedRNN(kd.layers.DiffusedRNNCell(4, bandwidth=0.5)),
-        keras.layers.Dense(1),
+        kd.layers.DiffusedRNN(kd.layers.DiffusedRNNCell(4, bandwidth=sigma, penalty=0.1)),
+        kd.layers.DiffusedOutput(1, "linear", bandwidth=sigma, penalty=0.1),
     ])
     schedule = kd.callbacks.LinearSigma(0.5, duration=3, unit="batch")
-    optimizer = GaussNewton(damping=0.5, cg_max_iterations=4)
-    return model, optimizer, [schedule], sequences()
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.5)
+    return dict(model=model, optimizer=optimizer, callbacks=[schedule], data=sequences(),
+                loss=kd.losses.SequenceSquaredError())
 
 
 def deep_transition():
-    """A deep-transition RNN (Pascanu 2014 ch. 5) trained by Hessian-free."""
+    """A deep-transition RNN (Pascanu 2014 ch. 5) trained by Adam (the curvature optimizers
+    run on the MLP cases: their traced RNN step costs a minute here)."""
     model = kd.Sequential([
         keras.Input((5, 2)),
         kd.layers.DeepTransitionRNN(kd.layers.DeepTransitionRNNCell(4, transition_units=(4,))),
         keras.layers.Dense(1),
     ])
-    optimizer = HessianFree(damping=0.5, cg_max_iterations=4, line_search_max_steps=3)
-    return model, optimizer, [], sequences()
+    return dict(model=model, optimizer=keras.optimizers.Adam(0.01), data=sequences())
 
 
 CASES = {
@@ -151,22 +183,25 @@ CASES = {
 }
 
 
-def train(strategy, case):
+def train(strategy, case, callbacks=()):
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model, optimizer, callbacks, (x, y) = CASES[case]()
-        model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
-    history = model.fit(dataset(x, y), epochs=2, callbacks=callbacks, verbose=0)
+        spec = CASES[case]()
+        model = spec["model"]
+        model.compile(optimizer=spec["optimizer"], loss=spec.get("loss", "mse"), jit_compile=False)
+    callbacks = spec.get("callbacks", []) + list(callbacks)
+    history = model.fit(dataset(*spec["data"]), epochs=EPOCHS, callbacks=callbacks, verbose=0)
     results = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
-    for variable in model.optimizer.variables:
-        results[f"opt/{variable.path}"] = np.asarray(variable)
+    for i, variable in enumerate(model.optimizer.variables):
+        results[f"opt{i}/{variable.path.split('/')[-1]}"] = np.asarray(variable)
     results.update({f"history/{k}": np.asarray(v) for k, v in history.history.items()})
     return results
 
 
-def nan_on_one_replica(strategy, case):
+def nan_on_one_replica(strategy):
     """The guard's verdict across workers: NaN on the last replica only, then finite."""
-    del case
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = diffused_mlp()
@@ -194,8 +229,21 @@ def nan_on_one_replica(strategy, case):
     return results
 
 
-def main(cases, out_dir):
-    keras.config.disable_traceback_filtering()
+class KillAfter(keras.callbacks.Callback):
+    """SIGKILLs this process once ``count`` batches have been trained in it."""
+
+    def __init__(self, count):
+        super().__init__()
+        self.count = count
+        self.trained = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.trained += 1
+        if self.trained >= self.count:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(cases, out_dir, backup_root=None, kill=None):
     tf.config.experimental.enable_op_determinism()
     config = json.loads(os.environ.get("TF_CONFIG", "null"))
     if config:
@@ -204,12 +252,25 @@ def main(cases, out_dir):
     else:
         strategy = tf.distribute.get_strategy()
         task = "single"
+    kill_case, kill_after = kill.split(":") if kill else (None, 0)
     for case in cases.split(","):
-        run = nan_on_one_replica if case == "nan_on_one_replica" else train
-        results = run(strategy, case)
-        np.savez(os.path.join(out_dir, f"{case}-{task}.npz"), **results)
-        print(f"done {case}", flush=True)
+        out = os.path.join(out_dir, f"{case}-{task}.npz")
+        if backup_root and os.path.exists(out):
+            continue  # completed before a kill in a later case
+        start = time.time()
+        if case == "nan_on_one_replica":
+            results = nan_on_one_replica(strategy)
+        else:
+            callbacks = []
+            if backup_root:
+                backup_dir = os.path.join(backup_root, case)
+                callbacks.append(kd.callbacks.BackupAndRestore(backup_dir, save_freq=2))
+            if case == kill_case and task == "1":
+                callbacks.append(KillAfter(int(kill_after)))
+            results = train(strategy, case, callbacks)
+        np.savez(out, **results)
+        print(f"done {case} {time.time() - start:.1f}s", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

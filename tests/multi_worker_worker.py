@@ -110,7 +110,7 @@ def annealed():
 def gauss_newton():
     return dict(
         model=diffused_mlp(),
-        optimizer=GaussNewton(damping=0.5, cg_max_iterations=6, cg_tol=1e-6),
+        optimizer=GaussNewton(damping=0.5, cg_max_iterations=12, cg_tol=1e-4),
         data=arrays(),
     )
 

@@ -224,7 +224,7 @@ def nan_on_one_replica(strategy):
         accepted = strategy.experimental_local_results(step(tf.constant(bad)))
         results[f"{name}/accepted"] = np.asarray([bool(a) for a in accepted])
         results[f"{name}/rejected_steps"] = np.asarray(optimizer.rejected_steps)
-        for i, w in enumerate(model.get_weights()):
+        for i, w in enumerate(model.trainable_variables):
             results[f"{name}/w{i}"] = np.asarray(w)
     return results
 

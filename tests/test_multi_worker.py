@@ -21,8 +21,8 @@ WORKER = os.path.join(ROOT, "tests", "multi_worker_worker.py")
 TIMEOUT = 600
 
 # The cheap cases (the non-slow suite): a Keras optimizer with a sigma schedule, the
-# cross-worker CG of Gauss-Newton, Entropy-SGD's state, a layer, and the guard.
-FAST_CASES = ("sgd_schedule", "gauss_newton", "entropy_sgd", "diffused_rnn", "nan_on_one_replica")
+# cross-worker CG of Gauss-Newton (early stopping, one all-reduce per iteration), the guard.
+FAST_CASES = ("sgd_schedule", "gauss_newton", "nan_on_one_replica")
 ALL_CASES = (
     "sgd_schedule", "annealed", "gauss_newton", "hessian_free", "saddle_free",
     "gaussian_continuation", "entropy_sgd", "hj", "heat", "diffused_rnn", "deep_transition",
@@ -105,8 +105,10 @@ def check_cases(out, cases):
         # NaN on task 1 only: rejected on task 0 too, weights kept; then a finite step lands.
         assert not guard["nan/accepted"].any() and guard["finite/accepted"].all()
         assert int(guard["nan/rejected_steps"]) == int(guard["finite/rejected_steps"]) == 1
-        for i in range(5):
-            np.testing.assert_allclose(guard[f"finite/w{i}"], guard[f"nan/w{i}"] + 1.0)
+        weights = [key[len("nan/"):] for key in guard if key.startswith("nan/w")]
+        assert len(weights) == 4  # the trainable weights
+        for key in weights:
+            np.testing.assert_allclose(guard[f"finite/{key}"], guard[f"nan/{key}"] + 1.0)
 
 
 def test_two_workers_equal_one_device(tmp_path):

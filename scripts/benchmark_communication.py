@@ -1,0 +1,279 @@
+r"""What one train step of each optimizer communicates, and its time, on 1 and 2 replicas and
+1 and 2 workers.
+
+Every all-reduce of ``tf.distribute`` goes through ``strategy.extended.reduce_to`` or
+``strategy.extended.batch_reduce_to`` (``ReplicaContext.all_reduce``, ``strategy.reduce``,
+Keras's gradient all-reduce and log averaging, the guard's verdict, the closure's products).
+`CommunicationCounter` wraps both methods of one strategy and adds, AT RUN TIME (in variables,
+so a reduction inside a ``tf.while_loop`` counts once per iteration), the number of tensors
+reduced and their bytes (one replica's copy: the payload each replica contributes).
+
+Configurations (``--configs``): ``single`` (one device, nothing to reduce), ``mirrored``
+(``MirroredStrategy`` on 2 logical CPU devices of this process), ``multi_worker``
+(``MultiWorkerMirroredStrategy``, 2 processes of this script on loopback, one CPU replica
+each; started by this script). Each optimizer trains the same MLP (``--inputs`` ->
+``--width`` tanh -> 1, mse) on random data of global batch ``--batch_size``; after
+``--warmup`` steps (tracing), ``--steps`` steps are timed and counted. Times are wall-clock on
+a shared CPU machine: compare rows of one run, not runs.
+
+    python scripts/benchmark_communication.py                 # the README table
+    python scripts/benchmark_communication.py --quick         # a smoke run (CI)
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the clone's code
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_diffusion as kd  # noqa: E402
+from keras_diffusion import optimizers as kdo  # noqa: E402
+
+FLAGS = flags.FLAGS
+OPTIMIZERS = ("sgd", "annealed", "gauss_newton", "hessian_free", "saddle_free",
+              "gaussian_continuation", "entropy_sgd", "hj", "heat")
+CONFIGS = ("single", "mirrored", "multi_worker")
+
+
+def define_flags():
+    """Defines the flags; called only when this file runs as a script."""
+    flags.DEFINE_list("optimizers", list(OPTIMIZERS), f"Optimizers, of {OPTIMIZERS}.")
+    flags.DEFINE_list("configs", list(CONFIGS), f"Configurations, of {CONFIGS}.")
+    flags.DEFINE_bool("quick", False, "Tiny sizes and few steps (a smoke run).")
+    flags.DEFINE_integer("inputs", 32, "Input features.", lower_bound=1)
+    flags.DEFINE_integer("width", 64, "Hidden units.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 64, "Global batch size (even).", lower_bound=2)
+    flags.DEFINE_integer("steps", 20, "Timed and counted steps.", lower_bound=1)
+    flags.DEFINE_integer("warmup", 3, "Steps before (tracing).", lower_bound=1)
+    flags.DEFINE_string("output", None, "Also write the results as JSON here.")
+    # Internal: a worker process of the multi_worker configuration.
+    flags.DEFINE_list("worker_hosts", [], "Internal: the multi_worker cluster.")
+    flags.DEFINE_integer("task_index", None, "Internal: this worker's index.")
+    flags.DEFINE_string("worker_output", None, "Internal: where the chief writes JSON.")
+
+
+class CommunicationCounter:
+    """Counts, at run time, the tensors all-reduced by ``strategy`` and their bytes.
+
+    Wraps ``strategy.extended.reduce_to`` and ``batch_reduce_to`` of this strategy object
+    (public methods every all-reduce of ``tf.distribute`` goes through). ``reductions``
+    counts tensors (a batch reduce of ``n`` tensors counts ``n``, even where TensorFlow
+    packs them into fewer collectives), ``bytes`` their size on one replica. Make it outside
+    ``strategy.scope()`` (its counters are plain variables).
+    """
+
+    def __init__(self, strategy):
+        self._strategy = strategy
+        self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.bytes = tf.Variable(0, dtype=tf.int64, trainable=False)
+        extended = strategy.extended
+        reduce_to, batch_reduce_to = extended.reduce_to, extended.batch_reduce_to
+
+        def counted_reduce_to(reduce_op, value, destinations, options=None):
+            self._count(tf.nest.flatten(value))
+            return reduce_to(reduce_op, value, destinations, options)
+
+        def counted_batch_reduce_to(reduce_op, value_destination_pairs, options=None):
+            self._count([v for value, _ in value_destination_pairs for v in tf.nest.flatten(value)])
+            return batch_reduce_to(reduce_op, value_destination_pairs, options)
+
+        extended.reduce_to = counted_reduce_to
+        extended.batch_reduce_to = counted_batch_reduce_to
+
+    def _count(self, values):
+        size = tf.constant(0, tf.int64)
+        for value in values:
+            local = self._strategy.experimental_local_results(value)[0]
+            local = tf.convert_to_tensor(local)
+            size += tf.cast(tf.size(local), tf.int64) * local.dtype.size
+        self.reductions.assign_add(len(values))
+        self.bytes.assign_add(size)
+
+    def reset(self):
+        self.reductions.assign(0)
+        self.bytes.assign(0)
+
+    def read(self):
+        return int(self.reductions.numpy()), int(self.bytes.numpy())
+
+
+def make_optimizer(name):
+    if name == "sgd":
+        return keras.optimizers.SGD(0.01, momentum=0.9)
+    makers = {
+        "annealed": lambda: kdo.AnnealedStep(0.05, bandwidth=0.5),
+        "gauss_newton": lambda: kdo.GaussNewton(damping=1.0, cg_max_iterations=10, cg_tol=1e-6),
+        "hessian_free": lambda: kdo.HessianFree(cg_max_iterations=10, line_search_max_steps=3),
+        "saddle_free": lambda: kdo.SaddleFreeNewton(lanczos_num_steps=5, line_search_steps=3),
+        "gaussian_continuation": lambda: kdo.GaussianContinuation(
+            keras.optimizers.Adam(0.001), variance=1e-2, seed=1),
+        "entropy_sgd": lambda: kdo.EntropySGD(0.01, num_inner_steps=5, gamma=0.1, seed=1),
+        "hj": lambda: kdo.HJ(0.01, num_inner_steps=5),
+        "heat": lambda: kdo.HEAT(0.01, num_inner_steps=5, seed=1),
+    }
+    return makers[name]()
+
+
+def parameter_count(inputs, width):
+    return inputs * width + width + width + 1
+
+
+def measure(strategy, name, inputs, width, batch_size, warmup, steps):
+    """``{"reductions", "bytes", "seconds"}`` per step of optimizer ``name`` under ``strategy``."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    # One replica communicates nothing (the default strategy's reductions are no-ops).
+    counter = CommunicationCounter(strategy) if strategy.num_replicas_in_sync > 1 else None
+    with strategy.scope():
+        model = kd.Sequential([keras.Input((inputs,)), keras.layers.Dense(width, "tanh"),
+                               keras.layers.Dense(1)])
+        model.compile(make_optimizer(name), "mse", jit_compile=False)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch_size * 4, inputs)).astype("float32")
+    y = np.tanh(x[:, :1]).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).repeat()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    data = data.with_options(options)
+    timer = _StepTimer(counter, warmup)
+    model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
+    reductions, nbytes = counter.read() if counter else (0, 0)
+    return {"reductions": reductions / steps, "bytes": nbytes / steps,
+            "seconds": timer.seconds / steps}
+
+
+class _StepTimer(keras.callbacks.Callback):
+    """Resets ``counter`` and starts the clock after ``warmup`` steps; stops at the end."""
+
+    def __init__(self, counter, warmup):
+        super().__init__()
+        self.counter, self.warmup = counter, warmup
+        self.start = self.seconds = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.warmup:
+            if self.counter:
+                self.counter.reset()
+            self.start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
+def run_all(strategy, config, settings, optimizers):
+    return {
+        name: dict(measure(strategy, name, **settings), config=config,
+                   replicas=strategy.num_replicas_in_sync)
+        for name in optimizers
+    }
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_workers(argv_flags):
+    """Starts 2 worker processes of this script; returns the chief's results."""
+    hosts = ",".join(f"localhost:{port}" for port in _free_ports(2))
+    with tempfile.TemporaryDirectory() as directory:
+        output = os.path.join(directory, "chief.json")
+        processes = [
+            subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), *argv_flags,
+                 f"--worker_hosts={hosts}", f"--task_index={i}", f"--worker_output={output}"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            for i in range(2)
+        ]
+        for process in processes:
+            out, _ = process.communicate()
+            if process.returncode:
+                raise RuntimeError(f"A multi_worker worker failed:\n{out[-3000:]}")
+        with open(output) as f:
+            return json.load(f)
+
+
+def table(results, parameters):
+    lines = [
+        f"MLP with {parameters} weights ({parameters * 4} bytes of float32 gradient); per step:",
+        "| optimizer | config | replicas | all-reduced tensors | bytes reduced | step ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rows in results.items():
+        for row in rows:
+            lines.append(
+                f"| {name} | {row['config']} | {row['replicas']} | {row['reductions']:.1f} | "
+                f"{row['bytes']:.0f} | {1000 * row['seconds']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    for flag, values, choices in (("optimizers", FLAGS.optimizers, OPTIMIZERS),
+                                  ("configs", FLAGS.configs, CONFIGS)):
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise app.UsageError(f"--{flag} entries must be of {choices}, got {values}.")
+    if FLAGS.batch_size % 2:
+        raise app.UsageError(f"--batch_size must be even (2 replicas), got {FLAGS.batch_size}.")
+    quick = dict(inputs=4, width=8, batch_size=8, warmup=1, steps=2)
+    settings = quick if FLAGS.quick else dict(
+        inputs=FLAGS.inputs, width=FLAGS.width, batch_size=FLAGS.batch_size,
+        warmup=FLAGS.warmup, steps=FLAGS.steps)
+
+    if FLAGS.worker_hosts:  # a worker of the multi_worker configuration
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": FLAGS.worker_hosts}), task_type="worker",
+            task_id=FLAGS.task_index)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        results = run_all(strategy, "multi_worker", settings, FLAGS.optimizers)
+        if FLAGS.task_index == 0:
+            with open(FLAGS.worker_output, "w") as f:
+                json.dump(results, f)
+        return
+
+    # Two logical CPU devices for the mirrored configuration, before TensorFlow starts.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    by_config = {}
+    if "multi_worker" in FLAGS.configs:  # first: the workers run while nothing else does
+        forwarded = [f"--optimizers={','.join(FLAGS.optimizers)}"]
+        by_config["multi_worker"] = run_workers(forwarded + [f"--{k}={v}" for k, v in settings.items()])
+    if "single" in FLAGS.configs:
+        by_config["single"] = run_all(tf.distribute.get_strategy(), "single", settings, FLAGS.optimizers)
+    if "mirrored" in FLAGS.configs:
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        by_config["mirrored"] = run_all(mirrored, "mirrored", settings, FLAGS.optimizers)
+    results = {
+        name: [by_config[c][name] for c in CONFIGS if c in by_config]
+        for name in FLAGS.optimizers
+    }
+    parameters = parameter_count(settings["inputs"], settings["width"])
+    print(table(results, parameters))
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump({"parameters": parameters, "settings": settings, "results": results}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -57,6 +57,7 @@ def define_flags():
     flags.DEFINE_integer("steps", 20, "Timed and counted steps.", lower_bound=1)
     flags.DEFINE_integer("warmup", 3, "Steps before (tracing).", lower_bound=1)
     flags.DEFINE_string("output", None, "Also write the results as JSON here.")
+    flags.DEFINE_bool("explain", False, "Also print every reduce call as traced.")
     # Internal: a worker process of the multi_worker configuration.
     flags.DEFINE_list("worker_hosts", [], "Internal: the multi_worker cluster.")
     flags.DEFINE_integer("task_index", None, "Internal: this worker's index.")
@@ -77,6 +78,7 @@ class CommunicationCounter:
         self._strategy = strategy
         self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.bytes = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.traced = []  # per reduce call, as traced: the reduced tensors' dtypes and shapes
         extended = strategy.extended
         reduce_to, batch_reduce_to = extended.reduce_to, extended.batch_reduce_to
 
@@ -93,10 +95,13 @@ class CommunicationCounter:
 
     def _count(self, values):
         size = tf.constant(0, tf.int64)
+        shapes = []
         for value in values:
             local = self._strategy.experimental_local_results(value)[0]
             local = tf.convert_to_tensor(local)
             size += tf.cast(tf.size(local), tf.int64) * local.dtype.size
+            shapes.append(f"{local.dtype.name}{list(local.shape)}")
+        self.traced.append(shapes)
         self.reductions.assign_add(len(values))
         self.bytes.assign_add(size)
 
@@ -150,7 +155,7 @@ def measure(strategy, name, inputs, width, batch_size, warmup, steps):
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
     reductions, nbytes = counter.read() if counter else (0, 0)
     return {"reductions": reductions / steps, "bytes": nbytes / steps,
-            "seconds": timer.seconds / steps}
+            "seconds": timer.seconds / steps, "traced": counter.traced if counter else []}
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -268,6 +273,12 @@ def main(argv):
     }
     parameters = parameter_count(settings["inputs"], settings["width"])
     print(table(results, parameters))
+    if FLAGS.explain:
+        for name, rows in results.items():
+            for row in rows:
+                print(f"{name} {row['config']}: reduce calls as traced:")
+                for call in row["traced"]:
+                    print("   ", ", ".join(call))
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump({"parameters": parameters, "settings": settings, "results": results}, f,

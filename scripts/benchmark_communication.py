@@ -71,7 +71,8 @@ class CommunicationCounter:
     (public methods every all-reduce of ``tf.distribute`` goes through). ``reductions``
     counts tensors (a batch reduce of ``n`` tensors counts ``n``, even where TensorFlow
     packs them into fewer collectives), ``bytes`` their size on one replica. Make it outside
-    ``strategy.scope()`` (its counters are plain variables).
+    ``strategy.scope()`` (its counters are plain variables); ``close()`` (or leaving a
+    ``with`` block) restores the strategy's methods.
     """
 
     def __init__(self, strategy):
@@ -92,6 +93,18 @@ class CommunicationCounter:
 
         extended.reduce_to = counted_reduce_to
         extended.batch_reduce_to = counted_batch_reduce_to
+        self._originals = (reduce_to, batch_reduce_to)
+
+    def close(self):
+        """Gives the strategy its own methods back (traced functions keep the counting)."""
+        extended = self._strategy.extended
+        extended.reduce_to, extended.batch_reduce_to = self._originals
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     def _count(self, values):
         size = tf.constant(0, tf.int64)
@@ -153,6 +166,8 @@ def measure(strategy, name, inputs, width, batch_size, warmup, steps):
     data = data.with_options(options)
     timer = _StepTimer(counter, warmup)
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
+    if counter:
+        counter.close()
     reductions, nbytes = counter.read() if counter else (0, 0)
     return {"reductions": reductions / steps, "bytes": nbytes / steps,
             "seconds": timer.seconds / steps, "traced": counter.traced if counter else []}

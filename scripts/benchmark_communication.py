@@ -13,7 +13,8 @@ Configurations (``--configs``): ``single`` (one device, nothing to reduce), ``mi
 (``MultiWorkerMirroredStrategy``, 2 processes of this script on loopback, one CPU replica
 each; started by this script). Each optimizer trains the same MLP (``--inputs`` ->
 ``--width`` tanh -> 1, mse) on random data of global batch ``--batch_size``; after
-``--warmup`` steps (tracing), ``--steps`` steps are timed and counted. Times are wall-clock on
+``--warmup`` steps (tracing), ``--steps`` steps are timed and counted (not the reductions
+of ``fit``'s start and of the epoch's end: the symbolic build's batch, the metrics' reads). Times are wall-clock on
 a shared CPU machine: compare rows of one run, not runs.
 
     python scripts/benchmark_communication.py                 # the README table
@@ -164,31 +165,35 @@ def measure(strategy, name, inputs, width, batch_size, warmup, steps):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     data = data.with_options(options)
-    timer = _StepTimer(counter, warmup)
+    timer = _StepTimer(counter, warmup, warmup + steps)
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
     if counter:
         counter.close()
-    reductions, nbytes = counter.read() if counter else (0, 0)
+    reductions, nbytes = timer.counts
     return {"reductions": reductions / steps, "bytes": nbytes / steps,
             "seconds": timer.seconds / steps, "traced": counter.traced if counter else []}
 
 
 class _StepTimer(keras.callbacks.Callback):
-    """Resets ``counter`` and starts the clock after ``warmup`` steps; stops at the end."""
+    """Times and counts steps ``warmup + 1 .. total`` of one epoch: the counter is reset
+    after step ``warmup`` and read after step ``total`` (before the epoch's end reads the
+    metrics)."""
 
-    def __init__(self, counter, warmup):
+    def __init__(self, counter, warmup, total):
         super().__init__()
-        self.counter, self.warmup = counter, warmup
+        self.counter, self.warmup, self.total = counter, warmup, total
         self.start = self.seconds = None
+        self.counts = (0, 0)
 
     def on_train_batch_end(self, batch, logs=None):
         if batch + 1 == self.warmup:
             if self.counter:
                 self.counter.reset()
             self.start = time.perf_counter()
-
-    def on_train_end(self, logs=None):
-        self.seconds = time.perf_counter() - self.start
+        elif batch + 1 == self.total:
+            self.seconds = time.perf_counter() - self.start
+            if self.counter:
+                self.counts = self.counter.read()
 
 
 def run_all(strategy, config, settings, optimizers):
@@ -199,7 +204,8 @@ def run_all(strategy, config, settings, optimizers):
     }
 
 
-def _free_ports(count):
+def free_ports(count):
+    """``count`` distinct TCP ports free on localhost now (for a loopback cluster)."""
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
         s.bind(("localhost", 0))
@@ -211,7 +217,7 @@ def _free_ports(count):
 
 def run_workers(argv_flags):
     """Starts 2 worker processes of this script; returns the chief's results."""
-    hosts = ",".join(f"localhost:{port}" for port in _free_ports(2))
+    hosts = ",".join(f"localhost:{port}" for port in free_ports(2))
     with tempfile.TemporaryDirectory() as directory:
         output = os.path.join(directory, "chief.json")
         processes = [
@@ -245,15 +251,22 @@ def table(results, parameters):
     return "\n".join(lines)
 
 
+def check_flags(optimizers, configs, batch_size):
+    """Raises ValueError naming a bad flag value and the choices."""
+    for flag, values, choices in (("optimizers", optimizers, OPTIMIZERS),
+                                  ("configs", configs, CONFIGS)):
+        if not values or any(v not in choices for v in values):
+            raise ValueError(f"--{flag} entries must be of {choices}, got {values}.")
+    if batch_size % 2:
+        raise ValueError(f"--batch_size must be even (2 replicas), got {batch_size}.")
+
+
 def main(argv):
     del argv
-    for flag, values, choices in (("optimizers", FLAGS.optimizers, OPTIMIZERS),
-                                  ("configs", FLAGS.configs, CONFIGS)):
-        bad = [v for v in values if v not in choices]
-        if bad or not values:
-            raise app.UsageError(f"--{flag} entries must be of {choices}, got {values}.")
-    if FLAGS.batch_size % 2:
-        raise app.UsageError(f"--batch_size must be even (2 replicas), got {FLAGS.batch_size}.")
+    try:
+        check_flags(FLAGS.optimizers, FLAGS.configs, FLAGS.batch_size)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
     quick = dict(inputs=4, width=8, batch_size=8, warmup=1, steps=2)
     settings = quick if FLAGS.quick else dict(
         inputs=FLAGS.inputs, width=FLAGS.width, batch_size=FLAGS.batch_size,

@@ -9,12 +9,13 @@ strategy per process, so the collective keys of one run never meet another's.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from scripts.benchmark_communication import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "multi_worker_worker.py")
@@ -28,16 +29,6 @@ ALL_CASES = (
     "gaussian_continuation", "entropy_sgd", "hj", "heat", "diffused_rnn", "deep_transition",
     "nan_on_one_replica",
 )
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _env(tf_config=None):
@@ -58,7 +49,7 @@ def _start(args, tf_config=None):
 
 def start_workers(*args):
     """Two worker processes of one cluster on loopback, running ``multi_worker_worker.py``."""
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     return [
         _start(args, {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
         for i in range(2)

@@ -7,7 +7,8 @@ import pytest
 
 import script_runner
 from scripts import train
-from test_multi_worker import TIMEOUT, _free_ports
+from scripts.benchmark_communication import free_ports
+from test_multi_worker import TIMEOUT
 
 TINY = ["--task=adding", "--num_train=200", "--num_test=50", "--epochs=2", "--batch_size=50",
         "--methods=sgd", "--learning_rate=0.1", "--verbose=0"]
@@ -53,7 +54,7 @@ def test_two_workers_train_with_train_py(tmp_path):
     """The same command on two workers (--worker_hosts, --task_index): both finish, the chief
     writes into --output_dir, worker 1 into --output_dir/worker_1, with the same curve (the
     weights are the same on both workers)."""
-    hosts = ",".join(f"localhost:{port}" for port in _free_ports(2))
+    hosts = ",".join(f"localhost:{port}" for port in free_ports(2))
     common = [f"--output_dir={tmp_path / 'out'}", f"--data_dir={tmp_path / 'tfds'}",
               "--strategy=multi_worker", f"--worker_hosts={hosts}", *TINY]
     # The data set is generated here, once, before the workers read it.

@@ -25,7 +25,6 @@ again without ``CASE:N`` resumes from the chief's backup.
 
 import json
 import os
-import signal
 import sys
 import time
 
@@ -48,6 +47,7 @@ from keras_diffusion.optimizers import (  # noqa: E402
     SaddleFreeNewton,
     guard,
 )
+from resume_worker import KillAfter  # noqa: E402
 
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -227,20 +227,6 @@ def nan_on_one_replica(strategy):
         for i, w in enumerate(model.trainable_variables):
             results[f"{name}/w{i}"] = np.asarray(w)
     return results
-
-
-class KillAfter(keras.callbacks.Callback):
-    """SIGKILLs this process once ``count`` batches have been trained in it."""
-
-    def __init__(self, count):
-        super().__init__()
-        self.count = count
-        self.trained = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.trained += 1
-        if self.trained >= self.count:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main(cases, out_dir, backup_root=None, kill=None):

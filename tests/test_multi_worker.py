@@ -163,3 +163,19 @@ def test_hessian_free_and_entropy_sgd_resume_after_a_worker_is_killed(tmp_path):
     cases = ["hessian_free", "entropy_sgd"]
     out = run_with_kills(tmp_path, cases, [f"{case}:5" for case in cases])
     check_resumed(tmp_path, out, cases)
+
+
+def test_the_keras_fix_is_installed_once_and_leaves_one_worker_alone(mirrored_strategy):
+    """``compat.fix_multi_worker_fit`` (run by ``import keras_diffusion``) replaces Keras's
+    log averaging only for several workers: under MirroredStrategy Keras's code runs."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    from keras_diffusion import compat
+
+    installed = trainer.reduce_per_replica
+    compat.fix_multi_worker_fit()
+    assert trainer.reduce_per_replica is installed and installed._keras_diffusion_fix
+    values = mirrored_strategy.run(
+        lambda: tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, "float32"))
+    assert float(installed({"loss": values}, mirrored_strategy, "auto")["loss"]) == 0.5

@@ -11,8 +11,10 @@ local product (a Python callable, e.g. a Gauss-Newton operator linearized on tha
 replica's batch, `gauss_newton_operator`) and `solve` makes ONE ``merge_call`` per solve:
 in cross-replica context it runs the solver once, in an ordinary ``tf.while_loop`` that
 stops as soon as the solver's test says so, with a matvec that evaluates every replica's
-local product on that replica's device and adds them (no collective inside the loop). The
-solution is returned to every replica. `solve_across_replicas` wraps a solver so that it
+local product on that replica's device and adds them (on one worker no collective inside
+the loop; with several workers, ``MultiWorkerMirroredStrategy``, each worker sees only its
+own replicas and one all-reduce per product adds the workers' sums). The solution is
+returned to every replica. `solve_across_replicas` wraps a solver so that it
 does this by itself when given such an operator: the solvers of `solvers` are wrapped, so
 ``conjugate_gradient(closure.gauss_newton_operator(), ...)`` stops early under a strategy.
 

@@ -40,6 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_diffusion as kd  # noqa: E402
 from keras_diffusion import optimizers as kdo  # noqa: E402
+from scripts import reporting  # noqa: E402
 
 FLAGS = flags.FLAGS
 OPTIMIZERS = ("sgd", "annealed", "gauss_newton", "hessian_free", "saddle_free",
@@ -236,19 +237,14 @@ def run_workers(argv_flags):
             return json.load(f)
 
 
-def table(results, parameters):
-    lines = [
-        f"MLP with {parameters} weights ({parameters * 4} bytes of float32 gradient); per step:",
-        "| optimizer | config | replicas | all-reduced tensors | bytes reduced | step ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, rows in results.items():
-        for row in rows:
-            lines.append(
-                f"| {name} | {row['config']} | {row['replicas']} | {row['reductions']:.1f} | "
-                f"{row['bytes']:.0f} | {1000 * row['seconds']:.1f} |"
-            )
-    return "\n".join(lines)
+def print_results(results, parameters):
+    print(f"MLP with {parameters} weights ({parameters * 4} bytes of float32 gradient); per step:")
+    reporting.print_table(
+        ["optimizer", "config", "replicas", "all-reduced tensors", "bytes reduced", "step ms"],
+        [[name, row["config"], row["replicas"], f"{row['reductions']:.1f}",
+          f"{row['bytes']:.0f}", f"{1000 * row['seconds']:.1f}"]
+         for name, rows in results.items() for row in rows],
+    )
 
 
 def check_flags(optimizers, configs, batch_size):
@@ -300,17 +296,15 @@ def main(argv):
         for name in FLAGS.optimizers
     }
     parameters = parameter_count(settings["inputs"], settings["width"])
-    print(table(results, parameters))
+    print_results(results, parameters)
     if FLAGS.explain:
         for name, rows in results.items():
             for row in rows:
                 print(f"{name} {row['config']}: reduce calls as traced:")
                 for call in row["traced"]:
                     print("   ", ", ".join(call))
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump({"parameters": parameters, "settings": settings, "results": results}, f,
-                      indent=1)
+    reporting.write_json({"parameters": parameters, "settings": settings, "results": results},
+                         FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ def test_tpu_strategy_without_a_tpu_names_the_fix(tmp_path):
     assert "use --strategy=default or --strategy=mirrored" in proc.stderr
 
 
-@pytest.mark.slow  # the multi-worker machinery runs in the non-slow tests/test_multi_worker.py
 def test_two_workers_train_with_train_py(tmp_path):
     """The same command on two workers (--worker_hosts, --task_index): both finish, the chief
     writes into --output_dir, worker 1 into --output_dir/worker_1, with the same curve (the

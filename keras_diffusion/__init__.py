@@ -12,6 +12,7 @@ the backend: importing it under another backend (``KERAS_BACKEND=jax``) raises a
 from keras_diffusion import compat
 
 compat.check_backend()
+compat.fix_multi_worker_fit()  # keras-team/keras#20585
 
 from keras_diffusion import activations  # noqa: E402
 from keras_diffusion import callbacks  # noqa: E402

@@ -39,6 +39,7 @@ __all__ = [
     "compute_loss",
     "distributed_update_step",
     "flat_losses",
+    "fix_multi_worker_fit",
     "flatten_layers",
     "has_forward_tangents",
     "in_object_sharing_scope",
@@ -207,3 +208,55 @@ def autocast_scope(dtype):
     it would inside ``keras.layers.RNN``.
     """
     return _keras_backend.AutocastScope(dtype)
+
+
+# Multi-worker training.
+
+
+def fix_multi_worker_fit():
+    """Makes ``model.fit`` run under ``tf.distribute.MultiWorkerMirroredStrategy``.
+
+    Keras 3's TensorFlow trainer fails there (keras-team/keras#20585), in two places that
+    only run with several workers: before the first step it all-reduces a whole nested data
+    batch to build the model symbolically (``strategy.reduce`` takes one value, not a nest:
+    "Attempt to convert a value (PerReplica ...) to a Tensor"), and after every step it
+    averages each log over replicas with ``strategy.reduce("MEAN", v, axis=0)``, which also
+    averages over the first axis and fails on scalars ("Invalid reduction dimension 0").
+    This replaces both, for multi-worker strategies only (every other strategy keeps Keras's
+    code): the symbolic build takes the shapes from this worker's first replica batch, and
+    the logs are averaged over replicas (``axis=None``), as Keras does on one worker.
+    Idempotent; ``keras_diffusion`` calls it on import.
+    """
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer.reduce_per_replica, "_keras_diffusion_fix", False):
+        return
+    multi_worker = trainer._collective_all_reduce_multi_worker
+    keras_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    keras_reduce = trainer.reduce_per_replica
+
+    def local_batch(strategy, batch):
+        def first(value):
+            if isinstance(value, tf.distribute.DistributedValues):
+                return strategy.experimental_local_results(value)[0]
+            return value
+
+        return tf.nest.map_structure(first, batch)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None or not multi_worker(strategy):
+            return keras_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            data_batch = local_batch(strategy, next(batches))
+            break
+        return keras_build(self, data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not multi_worker(strategy):
+            return keras_reduce(values, strategy, reduction)
+        return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+
+    reduce_per_replica._keras_diffusion_fix = True
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica

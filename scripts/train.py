@@ -56,10 +56,7 @@ from models import builders, networks, optimizers, tasks  # noqa: E402
 
 METHODS = ("diffusion", "sgd")
 SCHEDULES = ("linear", "geometric", "polynomial", "staged", "constant")
-STRATEGIES = {
-    "default": tf.distribute.get_strategy,
-    "mirrored": tf.distribute.MirroredStrategy,
-}
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # The backup of --resume: Keras's, resuming at the epoch of the last backup (the pipeline's
 # start_epoch follows it); kd.callbacks.BackupAndRestore would resume at the batch.
 BackupAndRestore = keras.callbacks.BackupAndRestore
@@ -161,12 +158,15 @@ class RunConfig:
     data_dir: str = None
     download: bool = False
     strategy: str = "default"
+    worker_hosts: tuple = ()
+    task_index: int = None
+    tpu: str = None
     curvature_every: int = 0
     verbose: int = 1
 
     def __post_init__(self):
         validation.one_of("task", self.task, tasks.TASKS)
-        validation.one_of("strategy", self.strategy, tuple(STRATEGIES))
+        check_strategy(self.strategy, self.worker_hosts, self.task_index, self.tpu)
         for name in ("epochs", "batch_size"):
             validation.positive_int(name, getattr(self, name))
         validation.integer("curvature_every", self.curvature_every)
@@ -189,6 +189,94 @@ class RunConfig:
 
     def make_task(self):
         return load_task(self.task_config())
+
+
+def check_strategy(strategy, worker_hosts=(), task_index=None, tpu=None):
+    """Errors in the strategy settings, naming the flag and the fix (no strategy is made).
+
+    ``multi_worker``: ``worker_hosts`` (``host:port`` of every worker, the same list on
+    each) with this worker's ``task_index``, or neither and a ``TF_CONFIG`` environment
+    variable. ``tpu``: ``tpu`` names the TPU for ``TPUClusterResolver`` (``local`` on a TPU
+    VM; default ``local``). Other strategies take none of them.
+    """
+    validation.one_of("strategy", strategy, STRATEGIES)
+    if strategy != "multi_worker" and (worker_hosts or task_index is not None):
+        raise ValueError(
+            f"--worker_hosts/--task_index configure --strategy=multi_worker, got "
+            f"--strategy={strategy!r}; drop them or use --strategy=multi_worker."
+        )
+    if strategy != "tpu" and tpu:
+        raise ValueError(f"--tpu={tpu!r} needs --strategy=tpu, got --strategy={strategy!r}.")
+    if strategy != "multi_worker":
+        return
+    if not worker_hosts:
+        if task_index is not None:
+            raise ValueError("--task_index needs --worker_hosts=HOST:PORT,HOST:PORT,...")
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "--strategy=multi_worker needs the cluster: --worker_hosts=HOST:PORT,... and "
+                "--task_index=I (this worker's position in the list), or a TF_CONFIG "
+                "environment variable."
+            )
+        return
+    for host in worker_hosts:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ValueError(
+                f"--worker_hosts entries must be HOST:PORT, got {host!r} in {list(worker_hosts)}."
+            )
+    if task_index is None:
+        raise ValueError(
+            f"--worker_hosts needs --task_index, this worker's position in {list(worker_hosts)}."
+        )
+    validation.integer("task_index", task_index)
+    if task_index >= len(worker_hosts):
+        raise ValueError(
+            f"--task_index={task_index} is beyond the {len(worker_hosts)} --worker_hosts "
+            f"{list(worker_hosts)}; use 0 to {len(worker_hosts) - 1}."
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def make_strategy(strategy, worker_hosts=(), task_index=None, tpu=None):
+    """The ``tf.distribute`` strategy of the flags, made once per process.
+
+    ``MultiWorkerMirroredStrategy`` must be made before TensorFlow runs any op (``main``
+    makes it first) and only once: every run of a comparison shares it.
+    """
+    check_strategy(strategy, worker_hosts, task_index, tpu)
+    if strategy == "default":
+        return tf.distribute.get_strategy()
+    if strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if strategy == "multi_worker":
+        resolver = None
+        if worker_hosts:
+            resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+                tf.train.ClusterSpec({"worker": list(worker_hosts)}),
+                task_type="worker", task_id=task_index,
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    tpu = tpu or "local"
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, OSError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"--strategy=tpu found no TPU at --tpu={tpu!r}: {str(error).splitlines()[0]} "
+            "On a TPU VM use --tpu=local, elsewhere the TPU's name or grpc://HOST:PORT; "
+            "without a TPU use --strategy=default or --strategy=mirrored."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def worker_output_dir(output_dir, strategy):
+    """``output_dir`` on the chief; ``output_dir/worker_<task id>`` on the other workers of a
+    multi-worker run (each writes its own logs, backup and model, as the chief's)."""
+    if strategy.extended.should_checkpoint:
+        return output_dir
+    return os.path.join(output_dir, f"worker_{strategy.cluster_resolver.task_id}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -307,7 +395,7 @@ def train_method(run, spec, split="test", run_dir=None, resume=False, callbacks=
     check_run(run, spec)
     keras.utils.set_random_seed(run.seed)
     task = run.make_task()
-    strategy = strategy or STRATEGIES[run.strategy]()
+    strategy = strategy or make_strategy(run.strategy, run.worker_hosts, run.task_index, run.tpu)
     distributed = strategy.num_replicas_in_sync > 1 or run.strategy != "default"
     steps = pipelines.steps_per_epoch(task.num_train, run.batch_size, drop_remainder=distributed)
     extra, start_epoch = list(callbacks), 0
@@ -504,7 +592,22 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of the data, initial weights and shuffling.")
     flags.DEFINE_float("target_error", 0.02, "Test error whose first epoch is reported.")
     flags.DEFINE_bool("stop_at_target", False, "Stop a run once it reaches --target_error.")
-    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_enum(
+        "strategy", "default", list(STRATEGIES),
+        "tf.distribute strategy: default (one device), mirrored (every local GPU), "
+        "multi_worker (MultiWorkerMirroredStrategy: --worker_hosts and --task_index, or "
+        "TF_CONFIG; start the same command on every worker), tpu (TPUStrategy, --tpu).",
+    )
+    flags.DEFINE_list(
+        "worker_hosts", [],
+        "multi_worker: HOST:PORT of every worker, the same list on each (builds the cluster "
+        "instead of TF_CONFIG).",
+    )
+    flags.DEFINE_integer("task_index", None, "multi_worker: this worker's index in --worker_hosts.")
+    flags.DEFINE_string(
+        "tpu", None, "tpu: the TPU for TPUClusterResolver (default 'local', a TPU VM; or a "
+        "name or grpc://HOST:PORT).",
+    )
     flags.DEFINE_integer("curvature_every", 0, "CurvatureMonitor every N epochs (0: off).")
     flags.DEFINE_bool("resume", False, "Continue the runs from their backups in --output_dir.")
     flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar).")
@@ -528,6 +631,7 @@ def configs_from_flags():
         init=FLAGS.init, target_error=FLAGS.target_error, stop_at_target=FLAGS.stop_at_target,
         num_train=FLAGS.num_train, num_test=FLAGS.num_test, image_size=image_size,
         data_dir=FLAGS.data_dir, download=FLAGS.download, strategy=FLAGS.strategy,
+        worker_hosts=tuple(FLAGS.worker_hosts), task_index=FLAGS.task_index, tpu=FLAGS.tpu,
         curvature_every=FLAGS.curvature_every, verbose=FLAGS.verbose,
     )
     for flag, choices in (("methods", METHODS), ("optimizers", tuple(optimizers.OPTIMIZERS))):
@@ -559,9 +663,12 @@ def main(argv):
     tfds.disable_progress_bar()  # data sets are generated on first use: keep the log readable
     try:
         run, specs = configs_from_flags()
+        # Before any other TensorFlow op (multi_worker configures the collectives).
+        strategy = make_strategy(run.strategy, run.worker_hosts, run.task_index, run.tpu)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    train_and_evaluate(run, specs, FLAGS.output_dir, resume=FLAGS.resume)
+    output_dir = worker_output_dir(FLAGS.output_dir, strategy)
+    train_and_evaluate(run, specs, output_dir, resume=FLAGS.resume)
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def test_classification_error_is_the_sequence_error_rate():
         (lambda: train.MethodSpec(schedule="staged", sigma_stages=(1.0, 0.5)), "end at 0"),
         (lambda: train.RunConfig(batch_size=0), "`batch_size` must be an integer >= 1, got 0"),
         (lambda: train.RunConfig(task="copy"), "'copy'"),
-        (lambda: train.RunConfig(strategy="tpu"), "`strategy` must be one of"),
+        (lambda: train.RunConfig(strategy="gpu"), "`strategy` must be one of"),
         (lambda: train.RunConfig(model="cnn"), "`model` must be one of"),
         (lambda: train.RunConfig(num_train=0), "`num_train` must be an integer >= 1"),
         (lambda: train.RunConfig(task="long_adding", length=50),

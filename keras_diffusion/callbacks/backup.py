@@ -26,6 +26,16 @@ Writes are atomic with respect to a kill: each backup goes to a new directory, a
 pointer file, replaced with ``os.replace``, commits it; older backups are deleted only after
 that. When ``fit`` returns, the backup directory is deleted (``delete_checkpoint=True``).
 
+Several workers (``tf.distribute.MultiWorkerMirroredStrategy``): every worker saves at the
+same steps (reading the metrics' on-read variables is a collective all-reduce that needs
+all of them), but only the chief (``strategy.extended.should_checkpoint``) writes into
+``backup_dir``; every other worker writes into ``backup_dir/workertemp_<task id>``, deleted
+right after, as ``keras.callbacks.BackupAndRestore`` of Keras 2 did. On restart every worker
+restores from the chief's backup, so ``backup_dir`` must be one directory that all workers
+see (a shared file system, or one machine). A worker killed mid-epoch stops the others at
+their next all-reduce; restart all of them with the same script and they continue from the
+chief's last backup.
+
 Skipping batches: on restart ``fit`` starts at the saved epoch (as Keras's backup) and this
 callback replaces the first ``train_function`` calls of that epoch by calls that only draw
 their batches from the iterator, so the step counter, the callbacks (``on_train_batch_*``
@@ -120,6 +130,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         if isinstance(function, _TrainFunction):  # left behind by a fit that raised
             function = function.function
         self.model.train_function = _TrainFunction(self, function)
+        if self._write_dir() != self.backup_dir:
+            shutil.rmtree(self._write_dir(), ignore_errors=True)  # left by a killed worker
         pointer = _read_json(os.path.join(self.backup_dir, POINTER))
         if pointer is not None:
             self._serial = pointer["serial"]
@@ -167,11 +179,21 @@ class BackupAndRestore(keras.callbacks.Callback):
         if isinstance(function, _TrainFunction):
             self.model.train_function = function.function
         compat.set_initial_epoch(self.model, None)
-        if self.delete_checkpoint and os.path.isdir(self.backup_dir):
-            shutil.rmtree(self.backup_dir)
+        if self.delete_checkpoint and self._write_dir() == self.backup_dir:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
         self._reset()
 
     # Saving and restoring.
+
+    def _write_dir(self):
+        """``backup_dir`` on the chief (one device, one worker: always); on another worker
+        of a multi-worker strategy its temporary ``backup_dir/workertemp_<task id>``."""
+        strategy = self.model.distribute_strategy
+        if strategy.extended.should_checkpoint:
+            return self.backup_dir
+        resolver = getattr(strategy, "cluster_resolver", None)
+        task = resolver.task_id if resolver is not None else "worker"
+        return os.path.join(self.backup_dir, f"workertemp_{task}")
 
     def _variables(self):
         optimizer = self.model.optimizer
@@ -186,7 +208,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._unsaved = 0
         self._serial += 1
         name = f"{_PREFIX}{self._serial:09d}"
-        directory = os.path.join(self.backup_dir, name)
+        root = self._write_dir()
+        directory = os.path.join(root, name)
         shutil.rmtree(directory, ignore_errors=True)  # a partial write of a killed run
         os.makedirs(directory)
         variables = self._variables()
@@ -204,14 +227,17 @@ class BackupAndRestore(keras.callbacks.Callback):
             },
             "variables": {group: len(values) for group, values in variables.items()},
         }
+        if root != self.backup_dir:  # not the chief: its copy only took part in the saving
+            shutil.rmtree(root, ignore_errors=True)
+            return
         _write_json(os.path.join(directory, "state.json"), state)
         for filename in os.listdir(directory):
             _fsync(os.path.join(directory, filename))
         _fsync(directory)
-        _write_json(os.path.join(self.backup_dir, POINTER), {"directory": name, "serial": self._serial})
-        for old in os.listdir(self.backup_dir):
+        _write_json(os.path.join(root, POINTER), {"directory": name, "serial": self._serial})
+        for old in os.listdir(root):
             if old.startswith(_PREFIX) and old != name:
-                shutil.rmtree(os.path.join(self.backup_dir, old), ignore_errors=True)
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
     def _restore(self, directory):
         """Restores the variables (metrics at the resumed epoch's first step) and the state."""

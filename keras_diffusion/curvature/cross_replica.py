@@ -11,8 +11,10 @@ local product (a Python callable, e.g. a Gauss-Newton operator linearized on tha
 replica's batch, `gauss_newton_operator`) and `solve` makes ONE ``merge_call`` per solve:
 in cross-replica context it runs the solver once, in an ordinary ``tf.while_loop`` that
 stops as soon as the solver's test says so, with a matvec that evaluates every replica's
-local product on that replica's device and adds them (no collective inside the loop). The
-solution is returned to every replica. `solve_across_replicas` wraps a solver so that it
+local product on that replica's device and adds them (on one worker no collective inside
+the loop; with several workers, ``MultiWorkerMirroredStrategy``, each worker sees only its
+own replicas and one all-reduce per product adds the workers' sums). The solution is
+returned to every replica. `solve_across_replicas` wraps a solver so that it
 does this by itself when given such an operator: the solvers of `solvers` are wrapped, so
 ``conjugate_gradient(closure.gauss_newton_operator(), ...)`` stops early under a strategy.
 
@@ -82,9 +84,31 @@ class ReplicaSumOperator:
                 with tf.device(device):
                     parts.append(list(local(vectors)))
             total = [tf.add_n(list(blocks)) for blocks in zip(*parts)]
-            return self._plus_extra(total, vectors)
+            return self._plus_extra(_sum_over_workers(strategy, total), vectors)
 
         return matvec
+
+
+def _sum_over_workers(strategy, tensors):
+    """Sums over workers each worker's sum of its replicas' products: one collective
+    all-reduce of the concatenated blocks (nothing on one worker).
+
+    ``MultiWorkerMirroredStrategy`` runs the loop of `ReplicaSumOperator.solve` on every
+    worker, each adding only its own replicas' products; the workers run the same loop (its
+    test reads only all-reduced values), so each iteration's all-reduce meets its peers.
+    """
+    local = len(strategy.extended.worker_devices)
+    if local == strategy.num_replicas_in_sync:
+        return tensors
+    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+    # This worker's sum enters the all-reduce once, from its first replica.
+    shares = strategy.experimental_distribute_values_from_function(
+        lambda context: flat if context.replica_id_in_sync_group % local == 0
+        else tf.zeros_like(flat)
+    )
+    flat = strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None)
+    sizes = [tf.size(t) for t in tensors]
+    return [tf.reshape(part, tf.shape(t)) for part, t in zip(tf.split(flat, sizes), tensors)]
 
 
 def _solve_across(strategy, operators, fns):

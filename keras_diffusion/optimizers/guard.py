@@ -8,7 +8,9 @@ optimizer's ``rejected_steps`` counter goes up by one.
 Distribution. Under ``tf.distribute`` the decision is taken once, in ONE cross-replica merge
 (as ``keras.optimizers.LossScaleOptimizer`` does): the step is accepted only if it is finite
 on every replica, and then every replica's copy of every variable is written; otherwise no
-copy is. The values themselves are expected to be replicated (computed from all-reduced
+copy is. A merge sees only its own worker's replicas: with several workers
+(``MultiWorkerMirroredStrategy``) the count of non-finite replicas is all-reduced across
+workers (one scalar), so a NaN on one worker rejects the step on all of them. The values themselves are expected to be replicated (computed from all-reduced
 gradients/products, as ``Closure`` and ``AnnealedStep`` do), so the copies stay identical.
 The update is a select (``tf.where``), not a ``tf.cond``: it works under ``jit_compile``.
 """
@@ -53,7 +55,12 @@ def assign_if_finite(optimizer, variables, values, checks=()):
         return var.assign(tf.where(accept, tf.cast(value, var.dtype), var))
 
     def merge(distribution, tf_vars, values, finite):
-        accept = tf.reduce_all(tf.stack(distribution.experimental_local_results(finite)))
+        local = distribution.experimental_local_results(finite)
+        if len(local) < distribution.num_replicas_in_sync:  # replicas on other workers
+            rejected = tf.cast(tf.logical_not(finite), tf.float32)
+            accept = distribution.reduce(tf.distribute.ReduceOp.SUM, rejected, axis=None) == 0
+        else:
+            accept = tf.reduce_all(tf.stack(local))
         for var, value in zip(tf_vars, values):
             distribution.extended.update(var, write, args=(value, accept), group=False)
         distribution.extended.update(

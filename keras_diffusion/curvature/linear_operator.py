@@ -91,7 +91,8 @@ def zeros_like(xs):
 
 
 def _specs(like):
-    """Static shapes and dtypes of ``like`` (tensors, variables or Keras variables)."""
+    """Shapes and dtypes of ``like`` (tensors, variables or Keras variables); a traced tensor of
+    unknown static shape gives its dynamic shape."""
     if not isinstance(like, (list, tuple)) or not like:
         raise TypeError(
             "`like` must be a non-empty list of tensors or variables (e.g. "
@@ -100,7 +101,9 @@ def _specs(like):
     specs = []
     for v in like:
         shape = tf.TensorShape(v.shape)
-        if not shape.is_fully_defined():
+        if not shape.is_fully_defined() and tf.is_tensor(v):
+            shape = tf.shape(v)  # a traced vector: its shape is known when the graph runs
+        elif not shape.is_fully_defined():
             raise ValueError(
                 f"`like` needs fully defined shapes, got {shape}; build the model (or pass "
                 "concrete tensors) before drawing random vectors."

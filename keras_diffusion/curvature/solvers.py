@@ -217,7 +217,7 @@ def conjugate_gradient(
     rz = dot(r, z)
     phi0 = _phi(x, r, b, dot)
     # Stored iterates get one extra trash row: unscheduled writes go there (no tf.cond).
-    stored = [tf.zeros([num_slots + 1] + x_.shape.as_list(), dtype) for x_ in x]
+    stored = [tf.zeros(tf.concat([[num_slots + 1], tf.shape(x_)], 0), dtype) for x_ in x]
     iterations = tf.fill([num_slots + 1], -1)
     phis = tf.zeros([num_slots + 1], dtype)
     history = tf.tensor_scatter_nd_update(tf.zeros([max_iterations + 1], dtype), [[0]], [phi0])

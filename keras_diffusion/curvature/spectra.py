@@ -331,8 +331,9 @@ def _check_num_steps(num_steps):
 def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed, unroll):
     """Lanczos with full reorthogonalization: (alphas [k], betas [k-1], basis [k, ...])."""
     _check_num_steps(num_steps)
-    dimension = sum(v.shape.num_elements() for v in v0)
-    if num_steps > dimension:
+    sizes = [v.shape.num_elements() for v in v0]
+    dimension = None if None in sizes else sum(sizes)  # checked only where shapes are static
+    if dimension is not None and num_steps > dimension:
         raise ValueError(
             f"`num_steps` ({num_steps}) exceeds the dimension of the space ({dimension}); "
             f"use at most {dimension}."
@@ -340,7 +341,7 @@ def _lanczos_tridiagonal(matvec, v0, num_steps, dot, seed, unroll):
     dtype = v0[0].dtype
     eps = tf.constant(100 * tf.experimental.numpy.finfo(dtype.as_numpy_dtype).eps, dtype)
     v = lo.scale(1.0 / lo.norm(v0, dot), v0)
-    basis = [tf.zeros([num_steps] + x.shape.as_list(), dtype) for x in v0]
+    basis = [tf.zeros(tf.concat([[num_steps], tf.shape(x)], 0), dtype) for x in v0]
     zero = tf.zeros([], dtype)
 
     def step(s):

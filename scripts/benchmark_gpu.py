@@ -280,14 +280,19 @@ def report(results):
     return "\n".join(lines)
 
 
+def save(results, path):
+    """Writes ``results`` (from ``run``) as JSON to ``path``."""
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
 def main(argv):
     del argv
     settings = Settings(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Settings)})
     results = run(settings)
     print(report(results), flush=True)
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(results, f, indent=1)
+        save(results, FLAGS.output)
 
 
 if __name__ == "__main__":

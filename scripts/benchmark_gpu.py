@@ -80,7 +80,8 @@ def define_flags():
     flags.DEFINE_integer("length", defaults.length, "Time steps per sequence.", lower_bound=1)
     flags.DEFINE_integer("input_dim", defaults.input_dim, "Input features per step.", lower_bound=1)
     flags.DEFINE_integer("units", defaults.units, "Hidden units of every RNN.", lower_bound=1)
-    flags.DEFINE_integer("repeats", defaults.repeats, "Timed steps per model (median).", lower_bound=1)
+    flags.DEFINE_integer("repeats", defaults.repeats, "Timed steps per model (median).",
+                         lower_bound=1)
     flags.DEFINE_integer("warmup", defaults.warmup, "Untimed steps per model.", lower_bound=1)
     flags.DEFINE_bool("jit_compile", defaults.jit_compile, "Compile the train steps with XLA.")
     flags.DEFINE_enum("policy", defaults.policy, ["float32", "mixed_float16", "mixed_bfloat16"],

@@ -29,16 +29,20 @@ if __package__ in (None, ""):  # run as `python scripts/<name>.py`: import the c
 from keras_diffusion.layers import DeepOutput, DeepTransitionRNN, DeepTransitionRNNCell  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batch", 32, "Sequences per batch.")
-flags.DEFINE_integer("length", 50, "Time steps per sequence.")
-flags.DEFINE_integer("input_dim", 64, "Input features per step.")
-flags.DEFINE_integer("units", 128, "Hidden state size of the deep RNNs.")
-flags.DEFINE_integer("transition_units", 128, "Width of the intermediate transition layer.")
-flags.DEFINE_integer("output_units", 128, "Width of the DOT(S)-RNN deep output layer.")
-flags.DEFINE_integer("outputs", 16, "Width of the shared Dense head.")
-flags.DEFINE_integer("repeats", 20, "Timed train steps per model.")
-flags.DEFINE_integer("warmup", 3, "Untimed train steps per model (tracing).")
-flags.DEFINE_bool("jit_compile", False, "Compile the train steps with XLA.")
+
+
+def define_flags():
+    """Defines the flags; called only when this file runs as a script (no clash on import)."""
+    flags.DEFINE_integer("batch", 32, "Sequences per batch.")
+    flags.DEFINE_integer("length", 50, "Time steps per sequence.")
+    flags.DEFINE_integer("input_dim", 64, "Input features per step.")
+    flags.DEFINE_integer("units", 128, "Hidden state size of the deep RNNs.")
+    flags.DEFINE_integer("transition_units", 128, "Width of the intermediate transition layer.")
+    flags.DEFINE_integer("output_units", 128, "Width of the DOT(S)-RNN deep output layer.")
+    flags.DEFINE_integer("outputs", 16, "Width of the shared Dense head.")
+    flags.DEFINE_integer("repeats", 20, "Timed train steps per model.")
+    flags.DEFINE_integer("warmup", 3, "Untimed train steps per model (tracing).")
+    flags.DEFINE_bool("jit_compile", False, "Compile the train steps with XLA.")
 
 
 def _recurrent_params(model):
@@ -147,4 +151,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

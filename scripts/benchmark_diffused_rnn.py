@@ -39,23 +39,27 @@ from keras_diffusion.layers import DiffusedOutput, DiffusedRNN, DiffusedRNNCell 
 from keras_diffusion.losses import SequenceSquaredError  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("lengths", ["50", "200"], "Sequence lengths T.")
-flags.DEFINE_list("units", ["128", "512"], "Hidden units H.")
-flags.DEFINE_list("jit", ["false", "true"], "jit_compile settings to time.")
 JIT_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-flags.register_validator(
-    "jit",
-    lambda values: all(v.lower() in JIT_VALUES for v in values),
-    message="--jit takes true/false values, e.g. --jit=false,true.",
-)
-flags.DEFINE_integer("batch_size", 32, "Sequences per batch.", lower_bound=1)
-flags.DEFINE_integer("input_dim", 8, "Input features per step.", lower_bound=1)
-flags.DEFINE_integer("steps", 7, "Timed training steps per model (median reported).", lower_bound=1)
-flags.DEFINE_integer("warmup", 2, "Untimed training steps per model (tracing, compilation).", lower_bound=1)
-flags.DEFINE_string("activation", "erf", "Hidden activation of the diffused RNN.")
-flags.DEFINE_bool("quick", False, "Only T=50, H=128 (both jit settings), 5 steps.")
-flags.DEFINE_enum("clock", "cpu", ["cpu", "wall"], "Process CPU time or wall-clock time.")
-flags.DEFINE_integer("threads", 1, "TensorFlow intra- and inter-op threads (0: TF default).", lower_bound=0)
+
+
+def define_flags():
+    """Defines the flags; called only when this file runs as a script (no clash on import)."""
+    flags.DEFINE_list("lengths", ["50", "200"], "Sequence lengths T.")
+    flags.DEFINE_list("units", ["128", "512"], "Hidden units H.")
+    flags.DEFINE_list("jit", ["false", "true"], "jit_compile settings to time.")
+    flags.register_validator(
+        "jit",
+        lambda values: all(v.lower() in JIT_VALUES for v in values),
+        message="--jit takes true/false values, e.g. --jit=false,true.",
+    )
+    flags.DEFINE_integer("batch_size", 32, "Sequences per batch.", lower_bound=1)
+    flags.DEFINE_integer("input_dim", 8, "Input features per step.", lower_bound=1)
+    flags.DEFINE_integer("steps", 7, "Timed training steps per model (median reported).", lower_bound=1)
+    flags.DEFINE_integer("warmup", 2, "Untimed training steps per model (tracing, compilation).", lower_bound=1)
+    flags.DEFINE_string("activation", "erf", "Hidden activation of the diffused RNN.")
+    flags.DEFINE_bool("quick", False, "Only T=50, H=128 (both jit settings), 5 steps.")
+    flags.DEFINE_enum("clock", "cpu", ["cpu", "wall"], "Process CPU time or wall-clock time.")
+    flags.DEFINE_integer("threads", 1, "TensorFlow intra- and inter-op threads (0: TF default).", lower_bound=0)
 
 
 def build(kind, length, units, input_dim):
@@ -120,4 +124,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

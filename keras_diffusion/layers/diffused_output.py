@@ -132,7 +132,8 @@ class DiffusedOutput(keras.layers.Layer):
         prediction, output_second = activations_lib.diffused_moments(
             self.activation, pre_activation, sigma, slope=self.slope, method=self.method
         )
-        output_variance = output_second - ops.square(prediction)
+        # In float32, as the penalty (keras_diffusion.layers.smoothing).
+        output_variance = ops.cast(output_second - ops.square(prediction), "float32")
         per_sequence = ops.sum(ops.reshape(output_variance, (ops.shape(output_variance)[0], -1)), axis=1)
         self.add_loss(ops.mean(per_sequence))
         return prediction

@@ -6,6 +6,13 @@ reason, step length, rejected steps, gradient evaluations, ...). :func:`read` re
 float32 scalars keyed by name, for any optimizer (``{}`` for optimizers without
 diagnostics, e.g. Keras's own; a ``LossScaleOptimizer`` is looked through).
 
+Loss scaling. Under ``mixed_float16`` Keras wraps the optimizer in a
+``keras.optimizers.LossScaleOptimizer``. For a gradient optimizer (``AnnealedStep``, SGD, ...)
+that wrapper refuses a step whose scaled gradients are not finite (a float16 overflow) before
+the package's guard sees it, and halves its loss scale: :func:`read` then also publishes
+``loss_scale`` (the current scale), so a skipped step shows in the logs as a halving. A closure
+optimizer computes in float32 and never uses the scale, so none is published for it.
+
 Two ways bring them into the logs, so that the progress bar, ``History``, ``CSVLogger`` and
 ``TensorBoard`` show them:
 
@@ -20,6 +27,8 @@ Two ways bring them into the logs, so that the progress bar, ``History``, ``CSVL
 import keras
 import tensorflow as tf
 
+from keras_diffusion.optimizers.closure_optimizer import ClosureOptimizer
+
 
 def unwrap(optimizer):
     """The optimizer doing the work: the inner optimizer of a ``LossScaleOptimizer``."""
@@ -30,7 +39,10 @@ def unwrap(optimizer):
 
 def read(optimizer):
     """``{name: float32 scalar tensor}`` of ``optimizer``'s published diagnostics."""
-    variables = getattr(unwrap(optimizer), "diagnostics", None) or {}
+    inner = unwrap(optimizer)
+    variables = dict(getattr(inner, "diagnostics", None) or {})
+    if inner is not optimizer and optimizer.built and not isinstance(inner, ClosureOptimizer):
+        variables["loss_scale"] = optimizer.dynamic_scale  # see the module docstring
     return {name: tf.cast(v.value, "float32") for name, v in variables.items()}
 
 

@@ -58,7 +58,7 @@ class ClosureTrainingMixin:
         optimizer = diagnostics.unwrap(self.optimizer)  # see the module docstring
         if not isinstance(optimizer, ClosureOptimizer):
             logs = super().train_step(data)
-            return {**logs, **diagnostics.read(optimizer)}
+            return {**logs, **diagnostics.read(self.optimizer)}
         if not all(layer.built for layer in compat.flatten_layers(self)):
             # A subclassed model traced without a strategy is still unbuilt here; the
             # closure needs its variables before the first forward pass.

@@ -32,6 +32,19 @@ DEFAULT_MODE = "recorded"
 _RECOMPUTE = {"forward": "auto", "double_backward": "double_backward"}
 
 
+def check_mode(mode, name="mode"):
+    """Returns ``mode`` if it is one of `MODES`, else raises naming the argument ``name``."""
+    return validation.one_of(
+        name, mode, MODES, 'Use "auto" (the measured fastest) unless timing modes.'
+    )
+
+
+def choose_mode(mode, model=None):
+    """The product mode ``mode`` names: ``"auto"`` resolves to `DEFAULT_MODE`."""
+    mode = check_mode(mode)
+    return DEFAULT_MODE if mode == "auto" else mode
+
+
 class GaussNewtonOperator:
     """``v -> J^T H_L J v`` at fixed ``params`` (Pascanu 2014, Eq. 4.33-4.34).
 
@@ -43,7 +56,12 @@ class GaussNewtonOperator:
         loss_hessian: ``None`` or an analytic ``(outputs, u) -> H_L u`` (a nest of them for
             several outputs), e.g. ``loss_hessians.from_keras_loss(loss, y_true)``.
         mode: ``"auto"``, ``"recorded"``, ``"forward"`` or ``"double_backward"`` (module
-            docstring). ``"recorded"`` runs the forward pass here, once.
+            docstring). ``"recorded"`` runs the forward pass here, once, unless
+            ``recording`` is given.
+        recording: ``None`` or a ``forward.RecordedLinearization`` of ``outputs_fn`` at
+            ``params`` recorded elsewhere (e.g. ``Closure.linearization()``, the train
+            step's forward pass) for the ``"recorded"`` mode to reuse: then the operator
+            runs no forward pass at all.
 
     Calling the operator on a list of tensors shaped like ``params`` returns ``G v`` (a list
     in the params' dtypes), exactly `products.ggn_vp` at ``params``.
@@ -55,18 +73,15 @@ class GaussNewtonOperator:
     ```
     """
 
-    def __init__(self, outputs_fn, params, loss_fn=None, loss_hessian=None, mode="auto"):
-        self.mode = validation.one_of(
-            "mode", mode, MODES, 'Use "auto" (the measured fastest) unless timing modes.'
-        )
-        if self.mode == "auto":
-            self.mode = DEFAULT_MODE
+    def __init__(self, outputs_fn, params, loss_fn=None, loss_hessian=None, mode="auto",
+                 recording=None):
+        self.mode = choose_mode(mode)
         self._params = forward.as_list(params, "params")
         self._outputs_fn = outputs_fn
         self._hessian = products.output_hessian(loss_fn, loss_hessian)
         self._recording = None
         if self.mode == "recorded":
-            self._recording = forward.record(outputs_fn, self._params)
+            self._recording = recording or forward.record(outputs_fn, self._params)
 
     def __call__(self, vectors):
         if self._recording is None:

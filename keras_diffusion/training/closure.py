@@ -64,9 +64,10 @@ import keras
 import tensorflow as tf
 
 from keras_diffusion import compat, probes, validation
-from keras_diffusion.curvature import float32_policy, linear_operator, loss_hessians, products
+from keras_diffusion.curvature import float32_policy, forward, linear_operator, loss_hessians
+from keras_diffusion.curvature import gauss_newton_operator as gn_operator
+from keras_diffusion.curvature import products
 from keras_diffusion.curvature.cross_replica import ReplicaSumOperator
-from keras_diffusion.curvature.gauss_newton_operator import GaussNewtonOperator
 from keras_diffusion.training import gauss_newton_form
 
 
@@ -145,7 +146,9 @@ class Closure:
         self._unscale = 1.0 if self._ctx is not None else float(replicas)
         # A replica's share of a batch mean (Keras's loss scaling, for the Fisher product).
         self._share = 1.0 / replicas if self._ctx is not None else 1.0
-        self._recorded = None
+        self._recorded = None  # (loss, gradient) of the train step's forward pass
+        self._pass = None  # (persistent tape, outputs) of that pass
+        self._linearization = None  # the curvature batch's outputs, recorded once
         self.curvature = self
         if self.curvature_fraction < 1.0:
             self.curvature = copy.copy(self)
@@ -193,7 +196,8 @@ class Closure:
         if self._recorded is not None:
             raise ValueError("forward_pass() runs once per closure (once per train step).")
         reuse = not self._mixed
-        with tf.GradientTape() if reuse else contextlib.nullcontext() as tape:
+        tape = tf.GradientTape(persistent=True) if reuse else contextlib.nullcontext()
+        with tape:
             outputs = self._call(float32=False)
             loss = compat.compute_loss(
                 self.model, self.x, self.y, outputs, self.sample_weight, self.training
@@ -201,7 +205,34 @@ class Closure:
         if reuse:
             grads = tape.gradient(loss, self.variables, unconnected_gradients="zero")
             self._recorded = (loss * self._unscale, grads)
+            self._pass = (tape, outputs)
         return outputs, loss
+
+    def linearization(self):
+        """The curvature batch's outputs at the current weights, recorded once per closure.
+
+        A ``keras_diffusion.curvature.forward.RecordedLinearization`` (``outputs``,
+        ``jvp_of(v) = J v``, ``vjp(u) = J^T u``, this replica's share) that every consumer
+        at the current weights shares: the Gauss-Newton operator (``"recorded"`` mode) and
+        Martens' preconditioner. With ``curvature_fraction == 1`` after ``forward_pass()``
+        (float32 models) it IS the train step's forward pass, kept on its persistent tape,
+        so a Hessian-free step runs one forward pass at its weights (Martens 2010, sec.
+        4.2); otherwise the first call records the curvature batch's pass. Call it in
+        straight-line code (not first inside a loop body): later calls return the same
+        tensors.
+        """
+        c = self.curvature
+        if c._linearization is None:
+            if c._pass is not None:
+                tape, outputs = c._pass
+                # The pass read the variables: differentiate with respect to their handles,
+                # read here (under a strategy: this replica's copies), so that products
+                # also run from cross-replica context (ReplicaSumOperator.solve).
+                handles = [v.handle for v in self.variables]
+                c._linearization = forward.from_tape(tape, outputs, self.params, handles)
+            else:
+                c._linearization = forward.record(c.outputs, self.params)
+        return c._linearization
 
     def outputs(self, params=None):
         """The model's outputs (a nest for multi-output models) on this replica's batch."""
@@ -420,14 +451,17 @@ class Closure:
                 ``GaussNewtonOperator``; ``"forward"`` recomputes the pass per call, as
                 ``ggn_vp`` does).
         """
+        mode = gn_operator.choose_mode(mode, self.model)
+        recording = self.linearization() if params is None and mode == "recorded" else None
         params = self._params(params)
         curvature = self.curvature
-        local = GaussNewtonOperator(
+        local = gn_operator.GaussNewtonOperator(
             curvature.outputs,
             params,
             curvature.loss_from_outputs,
             loss_hessian=curvature.loss_hessian(),
             mode=mode,
+            recording=recording,
         )
         extra = None
         if any(getattr(v, "regularizer", None) is not None for v in self.variables):

@@ -41,8 +41,10 @@ value when the closure is built: every evaluation at any weights sees the same s
 closure is a deterministic function of the weights (same dropout masks, same BatchNorm mode).
 The train step updates that state once per step, from its forward pass at the current weights,
 exactly as ``keras.Model.train_step`` does: ``forward_pass()`` runs that pass on a tape, and
-``value_and_gradient()``/``loss()`` at the current weights reuse it (one forward pass per step
-for an optimizer that needs only the gradient there, plus its curvature products).
+``value_and_gradient()``/``loss()`` at the current weights reuse it; the tape is persistent
+and ``linearization()`` keeps it for the Gauss-Newton operator and Martens' preconditioner,
+so a Hessian-free step runs ONE forward pass at its weights (its backtracking and line search
+evaluate other weights).
 
 Hidden states. ``outputs_and_states(layers, params)`` also returns the hidden states of
 recurrent layers (``keras_diffusion.probes``) as functions of the weights, for structural
@@ -429,10 +431,13 @@ class Closure:
 
         The same global (all-reduced) product as ``ggn_vp``, regularizer Hessian included,
         on the curvature sub-batch, in float32 under mixed precision; but with the default
-        ``mode`` the forward pass at ``params`` runs once, here, and every call of
-        ``matvec`` reuses it (``keras_diffusion.curvature.gauss_newton_operator``: ``J v``
-        and ``J^T u`` through the recorded pass, Martens 2010 sec. 4.2). Build one per
-        step, at the weights of that step, and pass it to the solver:
+        ``mode`` (``"recorded"``) the forward pass at ``params`` runs at most once and
+        every call of ``matvec`` reuses it (``keras_diffusion.curvature.gauss_newton_operator``:
+        ``J v`` and ``J^T u`` through the recorded pass, Martens 2010 sec. 4.2); at the
+        current weights (``params=None``) that is ``linearization()``, i.e. after
+        ``forward_pass()`` the train step's own pass: no forward pass runs here. Build one
+        per step, at the weights of that step, in straight-line code, and pass it to the
+        solver:
 
         ```python
         matvec = closure.gauss_newton_operator()

@@ -52,6 +52,7 @@ def define_flags():
     flags.DEFINE_integer("cg_iterations", 10, "CG iterations per HF step.", lower_bound=1)
     flags.DEFINE_integer("repeats", 10, "Timed calls per step (median reported).", lower_bound=1)
     flags.DEFINE_bool("jax", True, "Also time the JAX peer (needs `pip install jax`).")
+    flags.DEFINE_bool("xla", True, "Also time the steps compiled with XLA (jit_compile).")
     flags.DEFINE_bool("fit", True, "Also time GaussNewton against SGD in model.fit (MLP).")
     flags.DEFINE_bool("quick", False, "Tiny networks and few repeats (a smoke run).")
     flags.DEFINE_bool(
@@ -153,13 +154,21 @@ def _jax_steps(model, x, y, cg_iterations):
 
 
 def _time(steps, params, repeats, block):
-    return {
-        name: benchmark_curvature.median_seconds(lambda f=f: f(params), repeats, block)
-        for name, f in steps.items()
-    }
+    """Median seconds of every step, timed round-robin (one call of each per repeat, after
+    two warm-up calls each), so that a change of the machine's load hits all alike."""
+    for f in steps.values():
+        block(f(params))
+        block(f(params))
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, f in steps.items():
+            start = time.perf_counter()
+            block(f(params))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
-def run_model(name, batch_size, cg_iterations, repeats, use_jax, quick):
+def run_model(name, batch_size, cg_iterations, repeats, use_jax, quick, use_xla=True):
     """Times and solutions for one network: ``({column: {step: seconds}}, {column: x})``.
 
     Columns are ``"tf"``, ``"xla"`` and ``"jax"``; the solutions are the ``recorded`` HF
@@ -176,7 +185,7 @@ def run_model(name, batch_size, cg_iterations, repeats, use_jax, quick):
     params = [tf.constant(w) for w in weights]
     tf_block = lambda out: [t.numpy() for t in tf.nest.flatten(out)]  # noqa: E731
     times, solutions = {}, {}
-    for column, jit in (("tf", False), ("xla", True)):
+    for column, jit in (("tf", False), ("xla", True))[:2 if use_xla else 1]:
         steps = _tf_steps(model, x, y, jit, cg_iterations)
         times[column] = _time(steps, params, repeats, tf_block)
         solutions[column] = np.concatenate([np.ravel(t) for t in steps["recorded"](params)])
@@ -405,7 +414,8 @@ def main(argv):
     results = {}
     for name in FLAGS.models:
         batch = FLAGS.rnn_batch_size if name.startswith("rnn") else FLAGS.batch_size
-        results[name] = run_model(name, batch, FLAGS.cg_iterations, repeats, use_jax, quick)[0]
+        results[name] = run_model(name, batch, FLAGS.cg_iterations, repeats, use_jax, quick,
+                                  FLAGS.xla)[0]
     print(f"One HF step = gradient + {FLAGS.cg_iterations} CG iterations (damping {DAMPING}).")
     print(format_table(results))
     if FLAGS.fit:

@@ -24,6 +24,7 @@ same CG iterations) against ``keras.optimizers.SGD`` per batch of ``model.fit`` 
 
     python scripts/benchmark_hessian_free.py                # the issue's sizes
     python scripts/benchmark_hessian_free.py --quick        # tiny sizes, seconds
+    python scripts/benchmark_hessian_free.py --hf_steps     # HF steps: 10/100 CG, 1/2 replicas
 """
 
 import os
@@ -51,6 +52,7 @@ def define_flags():
     flags.DEFINE_integer("cg_iterations", 10, "CG iterations per HF step.", lower_bound=1)
     flags.DEFINE_integer("repeats", 10, "Timed calls per step (median reported).", lower_bound=1)
     flags.DEFINE_bool("jax", True, "Also time the JAX peer (needs `pip install jax`).")
+    flags.DEFINE_bool("xla", True, "Also time the steps compiled with XLA (jit_compile).")
     flags.DEFINE_bool("fit", True, "Also time GaussNewton against SGD in model.fit (MLP).")
     flags.DEFINE_bool("quick", False, "Tiny networks and few repeats (a smoke run).")
     flags.DEFINE_bool(
@@ -59,22 +61,41 @@ def define_flags():
         "(MirroredStrategy on 2 logical CPUs), at 10 and 100 CG iterations.",
     )
     flags.DEFINE_float("cg_tol", 1e-3, "CG residual tolerance of the --distributed timing.")
+    flags.DEFINE_bool(
+        "hf_steps", False,
+        "Instead: time HessianFree steps in model.fit on the MLP at 10 and 100 CG "
+        "iterations, on 1 device and on 2 replicas (MirroredStrategy on 2 logical CPUs).",
+    )
+    flags.DEFINE_integer("fit_steps", 10, "Timed batches per model.fit timing.", lower_bound=1)
 
 
 def _tf_steps(model, x, y, jit_compile, cg_iterations):
     """``{"grad": f, "recorded": f, ...}``: ``tf.function``s of the weights."""
+    import keras
     import tensorflow as tf
 
-    from keras_diffusion.curvature import solvers
+    from keras_diffusion.curvature import forward, solvers
     from keras_diffusion.curvature.gauss_newton_operator import GaussNewtonOperator
 
     outputs_fn, _, gradient, hessian = benchmark_curvature.tf_problem(model, x, y)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def recorded_gradient(params):
+        """The gradient from the one recorded pass the products reuse (as the closure)."""
+        lin = forward.record(outputs_fn, params)
+        with tf.GradientTape() as tape:
+            tape.watch(lin.outputs)
+            value = loss(y, lin.outputs)
+        return lin.vjp(tape.gradient(value, lin.outputs)), lin
 
     def hf_step(mode):
         def step(params):
-            grads = gradient(params)
+            if mode == "recorded":
+                grads, recording = recorded_gradient(params)
+            else:
+                grads, recording = gradient(params), None
             operator = GaussNewtonOperator(outputs_fn, params, None, loss_hessian=hessian,
-                                           mode=mode)
+                                           mode=mode, recording=recording)
             return solvers.conjugate_gradient(
                 operator, [-g for g in grads], damping=DAMPING, max_iterations=cg_iterations,
                 tol=0.0, epsilon=0.0, save_iterates=False,
@@ -133,13 +154,21 @@ def _jax_steps(model, x, y, cg_iterations):
 
 
 def _time(steps, params, repeats, block):
-    return {
-        name: benchmark_curvature.median_seconds(lambda f=f: f(params), repeats, block)
-        for name, f in steps.items()
-    }
+    """Median seconds of every step, timed round-robin (one call of each per repeat, after
+    two warm-up calls each), so that a change of the machine's load hits all alike."""
+    for f in steps.values():
+        block(f(params))
+        block(f(params))
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, f in steps.items():
+            start = time.perf_counter()
+            block(f(params))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
-def run_model(name, batch_size, cg_iterations, repeats, use_jax, quick):
+def run_model(name, batch_size, cg_iterations, repeats, use_jax, quick, use_xla=True):
     """Times and solutions for one network: ``({column: {step: seconds}}, {column: x})``.
 
     Columns are ``"tf"``, ``"xla"`` and ``"jax"``; the solutions are the ``recorded`` HF
@@ -156,7 +185,7 @@ def run_model(name, batch_size, cg_iterations, repeats, use_jax, quick):
     params = [tf.constant(w) for w in weights]
     tf_block = lambda out: [t.numpy() for t in tf.nest.flatten(out)]  # noqa: E731
     times, solutions = {}, {}
-    for column, jit in (("tf", False), ("xla", True)):
+    for column, jit in (("tf", False), ("xla", True))[:2 if use_xla else 1]:
         steps = _tf_steps(model, x, y, jit, cg_iterations)
         times[column] = _time(steps, params, repeats, tf_block)
         solutions[column] = np.concatenate([np.ravel(t) for t in steps["recorded"](params)])
@@ -189,35 +218,75 @@ def _batch_timer():
     return BatchTimer()
 
 
+def _fit_seconds(make_optimizer, quick, batch_size, steps, jit_compile=False, strategy=None):
+    """Median seconds per batch of ``model.fit`` on the MLP with ``make_optimizer()``, and
+    the optimizer (under ``strategy``'s scope when given)."""
+    import keras
+    import tensorflow as tf
+
+    import keras_diffusion as kd
+    from models import curvature_nets
+
+    with (strategy or tf.distribute.get_strategy()).scope():
+        keras.utils.set_random_seed(0)
+        template = benchmark_curvature.keras_model("mlp", quick)
+        model = kd.Sequential([keras.Input(template.input_shape[1:])] + template.layers)
+        model.compile(
+            optimizer=make_optimizer(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
+        )
+    x, y = curvature_nets.random_batch(model, batch_size * (steps + 2))
+    timer = _batch_timer()
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=[timer],
+              shuffle=False)
+    return statistics.median(timer.seconds[2:]), model.optimizer  # the first two trace
+
+
 def time_fit(quick, batch_size, cg_iterations, steps, jit_compile):
     """Median seconds per batch of ``model.fit`` on the MLP: ``{"gauss_newton": s, "sgd": s}``."""
     import keras
 
-    import keras_diffusion as kd
     from keras_diffusion.optimizers import GaussNewton
-    from models import curvature_nets
 
-    out = {}
-    for name in ("gauss_newton", "sgd"):
-        keras.utils.set_random_seed(0)
-        template = benchmark_curvature.keras_model("mlp", quick)
-        model = kd.Sequential([keras.Input(template.input_shape[1:])] + template.layers)
-        optimizer = (
-            GaussNewton(damping=DAMPING, cg_max_iterations=cg_iterations, cg_tol=0.0)
-            if name == "gauss_newton"
-            else keras.optimizers.SGD(0.01)
-        )
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=jit_compile,
-        )
-        x, y = curvature_nets.random_batch(model, batch_size * (steps + 2))
-        timer = _batch_timer()
-        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=[timer],
-                  shuffle=False)
-        out[name] = statistics.median(timer.seconds[2:])  # the first two trace/compile
-    return out
+    optimizers = {
+        "gauss_newton": lambda: GaussNewton(damping=DAMPING, cg_max_iterations=cg_iterations,
+                                            cg_tol=0.0),
+        "sgd": lambda: keras.optimizers.SGD(0.01),
+    }
+    return {
+        name: _fit_seconds(make, quick, batch_size, steps, jit_compile)[0]
+        for name, make in optimizers.items()
+    }
+
+
+def time_hf_steps(quick, batch_size, caps, steps, strategy=None):
+    """Seconds per ``HessianFree`` step in ``model.fit`` on the MLP, 1 device and 2 replicas.
+
+    Returns ``{(replicas, cap): (seconds, cg_iterations)}`` and ``{replicas: SGD seconds}``
+    (the gradient step of the same fit, for the ratio). Every CG iteration up to ``cap``
+    runs (``cg_tol=0``, ``cg_epsilon=0``); Martens' devices keep their defaults except the
+    preconditioner (off: its per-example gradients of the 1.9M weights at batch 128 would
+    take 1 GB). ``strategy``: the 2-replica strategy (default: a new MirroredStrategy on
+    2 logical CPUs, which `main` sets up).
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_diffusion.optimizers import HessianFree
+
+    strategies = {1: None, 2: strategy or tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+    hf, sgd = {}, {}
+    for replicas, strategy in strategies.items():
+        sgd[replicas] = _fit_seconds(lambda: keras.optimizers.SGD(0.01), quick, batch_size,
+                                     steps, strategy=strategy)[0]
+        for cap in caps:
+            seconds, optimizer = _fit_seconds(
+                lambda cap=cap: HessianFree(damping=DAMPING, cg_max_iterations=cap, cg_tol=0.0,
+                                            cg_epsilon=0.0, preconditioner=None),
+                quick, batch_size, steps, strategy=strategy)
+            hf[(replicas, cap)] = (seconds, int(optimizer.cg_iterations.numpy()))
+    return hf, sgd
 
 
 def time_distributed(quick, batch_size, caps, tol, repeats):
@@ -279,6 +348,18 @@ def time_distributed(quick, batch_size, caps, tol, repeats):
     return out
 
 
+def format_hf_steps(hf, sgd, batch_size):
+    """The markdown table of `time_hf_steps`."""
+    lines = [f"HessianFree step in model.fit on the MLP (batch {batch_size}, preconditioner "
+             "off, all CG iterations run):",
+             "| replicas | CG iterations | HF step ms | SGD step ms | HF / SGD |",
+             "|---|---|---|---|---|"]
+    for (replicas, cap), (seconds, iterations) in hf.items():
+        lines.append(f"| {replicas} | {iterations} | {seconds * 1e3:.1f} | "
+                     f"{sgd[replicas] * 1e3:.1f} | {seconds / sgd[replicas]:.1f} |")
+    return "\n".join(lines)
+
+
 def format_table(results):
     """The table of ``{model: times}`` (see `run_model`): ms and ratios."""
     columns = [c for c in ("tf", "xla", "jax") if any(c in t for t in results.values())]
@@ -312,12 +393,18 @@ def main(argv):
     use_jax = benchmark_curvature.jax_available(FLAGS.jax)
     quick = FLAGS.quick
     repeats = min(FLAGS.repeats, 3) if quick else FLAGS.repeats
-    if FLAGS.distributed:
+    if FLAGS.distributed or FLAGS.hf_steps:
         import tensorflow as tf
 
         cpu = tf.config.list_physical_devices("CPU")[0]
         two = [tf.config.LogicalDeviceConfiguration()] * 2
         tf.config.set_logical_device_configuration(cpu, two)
+    if FLAGS.hf_steps:
+        steps = 2 if quick else FLAGS.fit_steps
+        hf, sgd = time_hf_steps(quick, FLAGS.batch_size, (10, 100), steps)
+        print(format_hf_steps(hf, sgd, FLAGS.batch_size))
+        return
+    if FLAGS.distributed:
         timings = time_distributed(quick, FLAGS.batch_size, (10, 100), FLAGS.cg_tol, repeats)
         print(f"CG step on the MLP (batch {FLAGS.batch_size}, cg_tol {FLAGS.cg_tol}):")
         for (replicas, cap, driver), (seconds, iterations) in timings.items():
@@ -327,12 +414,13 @@ def main(argv):
     results = {}
     for name in FLAGS.models:
         batch = FLAGS.rnn_batch_size if name.startswith("rnn") else FLAGS.batch_size
-        results[name] = run_model(name, batch, FLAGS.cg_iterations, repeats, use_jax, quick)[0]
+        results[name] = run_model(name, batch, FLAGS.cg_iterations, repeats, use_jax, quick,
+                                  FLAGS.xla)[0]
     print(f"One HF step = gradient + {FLAGS.cg_iterations} CG iterations (damping {DAMPING}).")
     print(format_table(results))
     if FLAGS.fit:
         for jit in (False, True):
-            fit = time_fit(quick, FLAGS.batch_size, FLAGS.cg_iterations, 3 if quick else 10, jit)
+            fit = time_fit(quick, FLAGS.batch_size, FLAGS.cg_iterations, 3 if quick else FLAGS.fit_steps, jit)
             print(
                 f"model.fit on the MLP, jit_compile={jit}: GaussNewton "
                 f"{fit['gauss_newton'] * 1e3:.2f} ms, SGD {fit['sgd'] * 1e3:.2f} ms per batch, "

@@ -30,3 +30,15 @@ def test_fit_timing_of_gauss_newton_and_sgd():
     )
     assert set(seconds) == {"gauss_newton", "sgd"}
     assert all(s > 0 for s in seconds.values())
+
+
+def test_hf_step_timing_on_one_and_two_replicas(mirrored_strategy):
+    hf, sgd = benchmark_hessian_free.time_hf_steps(
+        quick=True, batch_size=8, caps=(3,), steps=2, strategy=mirrored_strategy
+    )
+    assert set(hf) == {(1, 3), (2, 3)} and set(sgd) == {1, 2}
+    # Every CG iteration up to the cap runs, on one device and across replicas.
+    assert all(iterations == cap for (_, cap), (_, iterations) in hf.items())
+    assert all(seconds > 0 for seconds, _ in hf.values())
+    table = benchmark_hessian_free.format_hf_steps(hf, sgd, 8)
+    assert len(table.splitlines()) == 3 + 2 and "| 2 | 3 |" in table

@@ -141,14 +141,19 @@ def test_armijo_line_search_takes_the_largest_sufficient_step():
     assert float(none.step_length) == 0.0 and float(none.loss) == pytest.approx(0.09)
 
 
-def test_preconditioner_matches_numpy_per_example_gradients():
+# A closure of half the batch records its pass; the whole batch after the train step's
+# forward pass reuses that one (no pass of the preconditioner's own).
+@pytest.mark.parametrize("fraction, size", [(0.5, 3), (1.0, 6)])
+def test_preconditioner_matches_numpy_per_example_gradients(fraction, size):
     x, y, w = data(n=6)
     model = _linear()
     model.compile(HessianFree(), "mse")
-    closure = kd.Closure(model, x, y, w, curvature_fraction=0.5)
+    closure = kd.Closure(model, x, y, w, curvature_fraction=fraction)
+    if fraction == 1.0:
+        closure.forward_pass()
     W, b = (p.numpy().astype(np.float64) for p in closure.params)
-    # Per-example loss l_n = w_n |x_n W + b - y_n|^2 / K on the leading 3 examples.
-    xs, ys, ws = x[:3].astype(np.float64), y[:3].astype(np.float64), w[:3].astype(np.float64)
+    # Per-example loss l_n = w_n |x_n W + b - y_n|^2 / K on the leading examples.
+    xs, ys, ws = (t[:size].astype(np.float64) for t in (x, y, w))
     resid = xs @ W + b - ys
     grad_W = 2 / 2 * ws[:, None, None] * xs[:, :, None] * resid[:, None, :]
     grad_b = 2 / 2 * ws[:, None] * resid

@@ -145,24 +145,29 @@ class Linearization:
     product costs one forward-with-JVP pass plus one backward pass.
     """
 
-    def __init__(self, outputs, jvp_out, tape, params):
+    def __init__(self, outputs, jvp_out, tape, params, sources=None):
         self.outputs = outputs
         self.jvp = jvp_out
         self._tape = tape
         self._params = params
+        self._sources = params if sources is None else sources
 
     def vjp(self, cotangents):
         """``J^T cotangents`` as a list matching ``params`` (in the params' dtypes)."""
         flat_out = tf.nest.flatten(self.outputs)
         flat_cot = tf.nest.flatten(cotangents)
         flat_cot = [tf.cast(c, o.dtype) for c, o in zip(flat_cot, flat_out)]
-        grads = self._tape.gradient(
-            flat_out,
-            self._params,
-            output_gradients=flat_cot,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
-        return [tf.cast(g, p.dtype) for g, p in zip(grads, self._params)]
+        return _zero_filled(self._tape.gradient(
+            flat_out, self._sources, output_gradients=flat_cot,
+        ), self._params)
+
+
+def _zero_filled(grads, params):
+    """Gradients cast to the params' dtypes, zeros where unconnected (``None``)."""
+    return [
+        tf.zeros_like(p) if g is None else tf.cast(tf.convert_to_tensor(g), p.dtype)
+        for g, p in zip(grads, params)
+    ]
 
 
 def _linearize_forward(fn, params, tangents):
@@ -181,21 +186,31 @@ def _linearize_forward(fn, params, tangents):
 class RecordedLinearization(Linearization):
     """A :class:`Linearization` whose ``jvp_of(v)`` reuses the recorded forward pass.
 
-    Built by :func:`record`. ``J^T u`` is reverse mode through the persistent tape of the
-    one forward pass; ``J v`` differentiates that linear map ``u -> J^T u`` in ``u`` (the
-    gradient of ``<J^T u, v>`` in ``u`` is ``J v``, Pascanu 2014, Sec. 4.1.1), through a
-    second persistent tape holding the symbolic backward pass. Neither product re-runs the
+    Built by :func:`record`, or by :func:`from_tape` on a pass recorded elsewhere (the train
+    step's, ``Closure.forward_pass``). ``J^T u`` is reverse mode through the persistent tape
+    of the one forward pass; ``J v`` differentiates that linear map ``u -> J^T u`` in ``u``
+    (the gradient of ``<J^T u, v>`` in ``u`` is ``J v``, Pascanu 2014, Sec. 4.1.1), through
+    a second persistent tape holding the symbolic backward pass. Neither product re-runs the
     forward pass, so a solver calls both once per iteration at the cost of two
     backward-like passes (Martens 2010, sec. 4.2: the forward pass is shared by every CG
     iteration of a step). Works inside ``tf.while_loop`` bodies, ``tf.function`` and
     ``jit_compile``.
     """
 
-    def __init__(self, outputs, tape, params, dummies, transposed, outer):
-        super().__init__(outputs, None, tape, params)
-        self._dummies = dummies
-        self._transposed = transposed
-        self._outer = outer
+    def __init__(self, outputs, tape, params, sources=None):
+        super().__init__(outputs, None, tape, params, sources)
+        flat_out = tf.nest.flatten(outputs)
+        # Built here, in straight-line code: every product (e.g. in a solver's while-loop
+        # body) reuses these tensors. Under tf.function the zero-dummy backward pass itself
+        # is pruned (only its derivative in the dummies is ever used).
+        self._outer = tf.GradientTape(persistent=True)
+        with self._outer:
+            self._dummies = [tf.zeros_like(o) for o in flat_out]
+            self._outer.watch(self._dummies)
+            transposed = self._tape.gradient(flat_out, self._sources,
+                                             output_gradients=self._dummies)
+        self._connected = [t is not None for t in transposed]
+        self._transposed = [t for t in transposed if t is not None]
 
     def jvp_of(self, tangents):
         """``J v`` for ``tangents`` shaped like ``params``, structured like the outputs."""
@@ -203,10 +218,51 @@ class RecordedLinearization(Linearization):
         jv = self._outer.gradient(
             self._transposed,
             self._dummies,
-            output_gradients=tangents,
+            output_gradients=[t for t, c in zip(tangents, self._connected) if c],
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
         return tf.nest.pack_sequence_as(self.outputs, jv)
+
+    def example_vjps(self, cotangents):
+        """``J_i^T u_i`` for every example ``i`` (axis 0 of every output), stacked.
+
+        ``cotangents`` is structured like the outputs; row ``i`` of each is ``u_i``. Returns
+        a list like ``params`` of ``(n, *param.shape)`` tensors: the per-example
+        back-propagation of ``<u_i, outputs_i>`` through the recorded pass, vectorized over
+        the examples (``tf.vectorized_map``), with no forward pass of its own.
+        """
+        flat_out = tf.nest.flatten(self.outputs)
+        flat_cot = [tf.stop_gradient(tf.cast(c, o.dtype))
+                    for c, o in zip(tf.nest.flatten(cotangents), flat_out)]
+        with self._tape:  # a persistent tape resumes recording
+            per_example = tf.add_n([
+                tf.reduce_sum(tf.reshape(c * o, [tf.shape(o)[0], -1]), axis=1)
+                for c, o in zip(flat_cot, flat_out)
+            ])
+
+        def row(i):  # as GradientTape.jacobian, which cannot take variable handles
+            with self._tape:
+                one = tf.gather(per_example, i)
+            return _zero_filled(self._tape.gradient(one, self._sources), self._params)
+
+        return tf.vectorized_map(row, tf.range(tf.shape(per_example)[0]))
+
+
+def from_tape(tape, outputs, params, sources=None):
+    """A :class:`RecordedLinearization` of a forward pass already recorded on ``tape``.
+
+    Args:
+        tape: a persistent ``tf.GradientTape`` that recorded ``outputs``.
+        outputs: a tensor or nest of tensors computed on ``tape``.
+        params: list of tensors, the values of the sources (shapes and dtypes of ``J^T u``).
+        sources: what ``tape`` differentiates with respect to (default ``params``), e.g.
+            the variables' handles (``variable.handle``, read where the pass ran: under a
+            distribution strategy the replica's own copy) when the pass read variables.
+
+    Returns:
+        ``record``'s linearization, without running the forward pass again.
+    """
+    return RecordedLinearization(outputs, tape, as_list(params, "params"), sources)
 
 
 def record(fn, params):
@@ -229,18 +285,7 @@ def record(fn, params):
     with tape:
         tape.watch(params)
         outputs = fn(params)
-    flat_out = tf.nest.flatten(outputs)
-    outer = tf.GradientTape(persistent=True)
-    with outer:
-        dummies = [tf.zeros_like(o) for o in flat_out]
-        outer.watch(dummies)
-        transposed = tape.gradient(
-            flat_out,
-            params,
-            output_gradients=dummies,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
-    return RecordedLinearization(outputs, tape, params, dummies, transposed, outer)
+    return RecordedLinearization(outputs, tape, params)
 
 
 def _linearize_double_backward(fn, params, tangents):

@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from keras_diffusion import validation
+from keras_diffusion.curvature import gauss_newton_operator as gn_operator
 from keras_diffusion.curvature import linear_operator, solvers
 from keras_diffusion.optimizers import cg_backtracking, damping as damping_lib, line_search
 from keras_diffusion.optimizers import preconditioners, structural_damping
@@ -41,7 +42,7 @@ DISTRIBUTIONS = ("gaussian", "bernoulli", "categorical")
 
 
 def curvature_matvec(closure, curvature, fisher_distribution="categorical", fisher_variance=1.0,
-                     structural_layers=(), structural_weight=0.0):
+                     structural_layers=(), structural_weight=0.0, product_mode="auto"):
     """The curvature product ``v -> G v`` a Hessian-free step solves with (the one place).
 
     Args:
@@ -53,6 +54,8 @@ def curvature_matvec(closure, curvature, fisher_distribution="categorical", fish
         structural_layers: recurrent layers whose hidden states are damped; with them the
             Gauss-Newton product also carries ``structural_weight * G_sd``
             (:func:`.structural_damping.structural_ggn_vp`, same passes).
+        product_mode: the mode of ``closure.gauss_newton_operator`` (``"auto"``: the
+            measured fastest for the model, ``gauss_newton_operator.choose_mode``).
 
     Returns:
         A callable on lists of tensors shaped like ``closure.params``.
@@ -64,7 +67,7 @@ def curvature_matvec(closure, curvature, fisher_distribution="categorical", fish
     if curvature == "fisher":
         return lambda v: closure.fisher_vp(v, distribution=fisher_distribution,
                                            variance=fisher_variance)
-    return closure.gauss_newton_operator()
+    return closure.gauss_newton_operator(mode=product_mode)
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -101,6 +104,11 @@ class HessianFree(ClosureOptimizer):
             ``keras_diffusion.probes``) whose hidden states are damped; empty for none.
         fisher_distribution, fisher_variance: the predictive distribution of the outputs for
             ``curvature="fisher"`` (``"gaussian"``, ``"bernoulli"`` or ``"categorical"``).
+        product_mode: how the Gauss-Newton products are computed
+            (``keras_diffusion.curvature.gauss_newton_operator``): ``"recorded"`` (the train
+            step's one forward pass reused by every product), ``"forward"`` or
+            ``"double_backward"`` (a forward pass per product), or ``"auto"`` (default: the
+            measured fastest for the model's structure, ``choose_mode``).
         learning_rate: scale of the step (1.0: the full step).
         curvature_fraction: fraction of each batch for the curvature products (Martens 2010
             sec. 4.2 uses a smaller curvature batch).
@@ -146,6 +154,7 @@ class HessianFree(ClosureOptimizer):
         structural_layers=(),
         fisher_distribution="categorical",
         fisher_variance=1.0,
+        product_mode="auto",
         learning_rate=1.0,
         curvature_fraction=1.0,
         name="hessian_free",
@@ -204,6 +213,7 @@ class HessianFree(ClosureOptimizer):
             "fisher_distribution", fisher_distribution, DISTRIBUTIONS,
             "The distribution the model's outputs parameterize.")
         self.fisher_variance = validation.positive("fisher_variance", fisher_variance, "E.g. 1.0.")
+        self.product_mode = gn_operator.check_mode(product_mode, "product_mode")
         self._evaluates_trial = self.backtracking or self.adapt_damping or self.line_search
 
     def build(self, var_list):
@@ -230,7 +240,8 @@ class HessianFree(ClosureOptimizer):
         if self.structural_layers and self.structural_damping:
             layers = structural_damping.resolve_layers(closure.model, self.structural_layers)
         return curvature_matvec(closure, self.curvature, self.fisher_distribution,
-                                self.fisher_variance, layers, self.structural_damping * damping)
+                                self.fisher_variance, layers, self.structural_damping * damping,
+                                self.product_mode)
 
     def step(self, closure):
         loss, grads = closure.value_and_gradient()
@@ -335,5 +346,6 @@ class HessianFree(ClosureOptimizer):
             structural_layers=list(self.structural_layers),
             fisher_distribution=self.fisher_distribution,
             fisher_variance=self.fisher_variance,
+            product_mode=self.product_mode,
         )
         return config

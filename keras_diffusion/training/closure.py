@@ -41,8 +41,10 @@ value when the closure is built: every evaluation at any weights sees the same s
 closure is a deterministic function of the weights (same dropout masks, same BatchNorm mode).
 The train step updates that state once per step, from its forward pass at the current weights,
 exactly as ``keras.Model.train_step`` does: ``forward_pass()`` runs that pass on a tape, and
-``value_and_gradient()``/``loss()`` at the current weights reuse it (one forward pass per step
-for an optimizer that needs only the gradient there, plus its curvature products).
+``value_and_gradient()``/``loss()`` at the current weights reuse it; the tape is persistent
+and ``linearization()`` keeps it for the Gauss-Newton operator and Martens' preconditioner,
+so a Hessian-free step runs ONE forward pass at its weights (its backtracking and line search
+evaluate other weights).
 
 Hidden states. ``outputs_and_states(layers, params)`` also returns the hidden states of
 recurrent layers (``keras_diffusion.probes``) as functions of the weights, for structural
@@ -64,9 +66,10 @@ import keras
 import tensorflow as tf
 
 from keras_diffusion import compat, probes, validation
-from keras_diffusion.curvature import float32_policy, linear_operator, loss_hessians, products
+from keras_diffusion.curvature import float32_policy, forward, linear_operator, loss_hessians
+from keras_diffusion.curvature import gauss_newton_operator as gn_operator
+from keras_diffusion.curvature import products
 from keras_diffusion.curvature.cross_replica import ReplicaSumOperator
-from keras_diffusion.curvature.gauss_newton_operator import GaussNewtonOperator
 from keras_diffusion.training import gauss_newton_form
 
 
@@ -145,7 +148,9 @@ class Closure:
         self._unscale = 1.0 if self._ctx is not None else float(replicas)
         # A replica's share of a batch mean (Keras's loss scaling, for the Fisher product).
         self._share = 1.0 / replicas if self._ctx is not None else 1.0
-        self._recorded = None
+        self._recorded = None  # (loss, gradient) of the train step's forward pass
+        self._pass = None  # (persistent tape, outputs) of that pass
+        self._linearization = None  # the curvature batch's outputs, recorded once
         self.curvature = self
         if self.curvature_fraction < 1.0:
             self.curvature = copy.copy(self)
@@ -193,7 +198,8 @@ class Closure:
         if self._recorded is not None:
             raise ValueError("forward_pass() runs once per closure (once per train step).")
         reuse = not self._mixed
-        with tf.GradientTape() if reuse else contextlib.nullcontext() as tape:
+        tape = tf.GradientTape(persistent=True) if reuse else contextlib.nullcontext()
+        with tape:
             outputs = self._call(float32=False)
             loss = compat.compute_loss(
                 self.model, self.x, self.y, outputs, self.sample_weight, self.training
@@ -201,7 +207,34 @@ class Closure:
         if reuse:
             grads = tape.gradient(loss, self.variables, unconnected_gradients="zero")
             self._recorded = (loss * self._unscale, grads)
+            self._pass = (tape, outputs)
         return outputs, loss
+
+    def linearization(self):
+        """The curvature batch's outputs at the current weights, recorded once per closure.
+
+        A ``keras_diffusion.curvature.forward.RecordedLinearization`` (``outputs``,
+        ``jvp_of(v) = J v``, ``vjp(u) = J^T u``, this replica's share) that every consumer
+        at the current weights shares: the Gauss-Newton operator (``"recorded"`` mode) and
+        Martens' preconditioner. With ``curvature_fraction == 1`` after ``forward_pass()``
+        (float32 models) it IS the train step's forward pass, kept on its persistent tape,
+        so a Hessian-free step runs one forward pass at its weights (Martens 2010, sec.
+        4.2); otherwise the first call records the curvature batch's pass. Call it in
+        straight-line code (not first inside a loop body): later calls return the same
+        tensors.
+        """
+        c = self.curvature
+        if c._linearization is None:
+            if c._pass is not None:
+                tape, outputs = c._pass
+                # The pass read the variables: differentiate with respect to their handles,
+                # read here (under a strategy: this replica's copies), so that products
+                # also run from cross-replica context (ReplicaSumOperator.solve).
+                handles = [v.handle for v in self.variables]
+                c._linearization = forward.from_tape(tape, outputs, self.params, handles)
+            else:
+                c._linearization = forward.record(c.outputs, self.params)
+        return c._linearization
 
     def outputs(self, params=None):
         """The model's outputs (a nest for multi-output models) on this replica's batch."""
@@ -398,10 +431,13 @@ class Closure:
 
         The same global (all-reduced) product as ``ggn_vp``, regularizer Hessian included,
         on the curvature sub-batch, in float32 under mixed precision; but with the default
-        ``mode`` the forward pass at ``params`` runs once, here, and every call of
-        ``matvec`` reuses it (``keras_diffusion.curvature.gauss_newton_operator``: ``J v``
-        and ``J^T u`` through the recorded pass, Martens 2010 sec. 4.2). Build one per
-        step, at the weights of that step, and pass it to the solver:
+        ``mode`` (``"recorded"``) the forward pass at ``params`` runs at most once and
+        every call of ``matvec`` reuses it (``keras_diffusion.curvature.gauss_newton_operator``:
+        ``J v`` and ``J^T u`` through the recorded pass, Martens 2010 sec. 4.2); at the
+        current weights (``params=None``) that is ``linearization()``, i.e. after
+        ``forward_pass()`` the train step's own pass: no forward pass runs here. Build one
+        per step, at the weights of that step, in straight-line code, and pass it to the
+        solver:
 
         ```python
         matvec = closure.gauss_newton_operator()
@@ -420,14 +456,17 @@ class Closure:
                 ``GaussNewtonOperator``; ``"forward"`` recomputes the pass per call, as
                 ``ggn_vp`` does).
         """
+        mode = gn_operator.choose_mode(mode, self.model)
+        recording = self.linearization() if params is None and mode == "recorded" else None
         params = self._params(params)
         curvature = self.curvature
-        local = GaussNewtonOperator(
+        local = gn_operator.GaussNewtonOperator(
             curvature.outputs,
             params,
             curvature.loss_from_outputs,
             loss_hessian=curvature.loss_hessian(),
             mode=mode,
+            recording=recording,
         )
         extra = None
         if any(getattr(v, "regularizer", None) is not None for v in self.variables):

@@ -205,7 +205,7 @@ class Trainer:
     def train(self, model, config, steps, seed, callbacks=(), epochs=1):
         """``epochs`` fit epochs of ``steps`` steps each on fresh data of ``seed``."""
         data = martens.dataset(self.task, config.batch_size, seed)
-        model.fit(data, steps_per_epoch=steps, epochs=epochs, verbose=0,
+        model.fit(data, steps_per_epoch=steps, epochs=epochs, verbose=0, shuffle=False,
                   callbacks=list(callbacks))
 
 

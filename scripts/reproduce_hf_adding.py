@@ -270,12 +270,14 @@ def plot(results, path):
             epochs = np.arange(1, len(errors) + 1)
             label = method if i == 0 else None
             for ax, x in zip(axes, (epochs, epochs * per_epoch)):
-                ax.plot(x, errors, color=colors[method], alpha=0.6, label=label)
+                ax.plot(x, errors, color=colors[method], alpha=0.6, label=label,
+                        marker="o" if len(errors) == 1 else None)
     target = results["settings"]["target_error"]
     for ax, xlabel in zip(axes, ("epoch", "wall-clock (s, calibrated)")):
         ax.axhline(target, color="gray", linestyle="--")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(1e-3, 1.0)  # early divergent epochs (up to 1e6) are cut off
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test error (MSE)")
         ax.legend()

@@ -56,7 +56,8 @@ def test_settings_reject_nonpositive_counts(name):
 
 def test_quick_run_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "adding"
-    result = script_runner.run_script("reproduce_hf_adding.py", "--quick", f"--output_dir={out}")
+    result = script_runner.run_script("reproduce_hf_adding.py", "--quick", f"--output_dir={out}",
+                                      timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert list(results["runs"]) == list(script.METHODS)

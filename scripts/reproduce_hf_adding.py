@@ -36,7 +36,6 @@ Usage:
 
 import contextlib
 import dataclasses
-import functools
 import os
 import sys
 import time

@@ -32,8 +32,9 @@ Writes ``--output_dir``/``results.json`` (calibration, search, per-run curves), 
 rate against wall-clock, per task; one thin line per seed, success counts in the legend).
 
 Usage:
-  python scripts/reproduce_martens_pathological.py --quick        # CI smoke run, < 60 s
-  python scripts/reproduce_martens_pathological.py --flagfile=scripts/configs/martens_pathological.cfg
+  python scripts/reproduce_martens_pathological.py --quick        # CI smoke run
+  python scripts/reproduce_martens_pathological.py \
+      --flagfile=scripts/configs/martens_pathological.cfg
 """
 
 import contextlib
@@ -68,7 +69,7 @@ QUICK = dict(
 
 def define_flags():
     """The flags, defined only when this file runs as a script."""
-    flags.DEFINE_bool("quick", False, "CI smoke run (< 60 s): one tiny task, one seed.")
+    flags.DEFINE_bool("quick", False, "CI smoke run: one tiny task, one seed.")
     flags.DEFINE_list("tasks", list(TASKS), "Pathological tasks.")
     flags.DEFINE_integer("length", 30, "Sequence length T (paper: 100, up to 200).")
     flags.DEFINE_integer("units", 32, "Hidden tanh units (paper: 100).")

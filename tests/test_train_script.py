@@ -235,7 +235,9 @@ CONFIGS = os.path.join(script_runner.ROOT, "scripts", "configs")
 REPRODUCTIONS = {"figure6.cfg": "reproduce_mobahi_figure6",
                  "figure5_11.cfg": "reproduce_pascanu_figure5_11",
                  "table6_3.cfg": "reproduce_pascanu_table6_3",
-                 "martens_curves.cfg": "reproduce_martens_curves"}
+                 "martens_curves.cfg": "reproduce_martens_curves",
+                 "martens_pathological.cfg": "reproduce_martens_pathological",
+                 "hf_adding.cfg": "reproduce_hf_adding"}
 # Parses every train.py flag file and validates the runs it describes (no training).
 _CHECK_CONFIGS = """
 import glob, os, sys

@@ -102,18 +102,25 @@ def train_windows(ids, vocab_size):
 
 class Evaluator:
     """BPC of a split under the weights of a ``kind`` model: a stateless copy reads the split
-    as ``--eval_streams`` contiguous streams in one call."""
+    as ``streams`` contiguous streams in one call (each stream's first symbol has no context).
 
-    def __init__(self, kind, widths, vocab_size):
-        self.model = rnn_builders.char_lm(kind, vocab_size, activation=FLAGS.activation,
+    Args:
+        kind, widths, vocab_size, activation: the model, as for ``rnn_builders.char_lm``.
+        streams: number of contiguous streams (at most half the split's length is used).
+        jit_compile: XLA-compile the evaluation.
+    """
+
+    def __init__(self, kind, widths, vocab_size, activation="sigmoid", streams=8,
+                 jit_compile=False):
+        self.model = rnn_builders.char_lm(kind, vocab_size, activation=activation,
                                           stateful=False, **widths)
-        self.vocab_size = vocab_size
+        self.vocab_size, self.streams = vocab_size, streams
         self.bits = tf.function(lambda x, y: text.bits_per_character(y, self.model(x)),
-                                jit_compile=FLAGS.jit_compile)
+                                jit_compile=jit_compile)
 
     def __call__(self, weights, ids):
         self.model.set_weights(weights)
-        streams = max(1, min(FLAGS.eval_streams, (len(ids) - 1) // 2))
+        streams = max(1, min(self.streams, (len(ids) - 1) // 2))
         length = len(ids) // streams
         block = np.asarray(ids[: streams * length]).reshape(streams, length)
         x = tf.one_hot(block[:, :-1], self.vocab_size)
@@ -184,9 +191,14 @@ def train(model, evaluator, data, corpus, updates):
 
 
 def best_point(curve, limit=None):
-    """The evaluation with the lowest validation BPC among those at <= ``limit`` updates."""
+    """The evaluation with the lowest validation BPC among those at <= ``limit`` updates
+    (non-finite ones last)."""
     points = [p for p in curve if limit is None or p["updates"] <= limit]
-    return min(points, key=lambda p: p["valid_bpc"] if math.isfinite(p["valid_bpc"]) else math.inf)
+    return min(points, key=lambda p: _finite_or_inf(p["valid_bpc"]))
+
+
+def _finite_or_inf(value):
+    return value if math.isfinite(value) else math.inf
 
 
 def search(kind, widths, vocab_size, evaluator, data, corpus):
@@ -201,8 +213,7 @@ def search(kind, widths, vocab_size, evaluator, data, corpus):
                            "valid_bpc": point["valid_bpc"], "stop": stop})
             print(f"  search {kind} lr {lr} clip {clip}: valid BPC {point['valid_bpc']:.3f}",
                   flush=True)
-    return sorted(trials, key=lambda t: t["valid_bpc"] if math.isfinite(t["valid_bpc"])
-                  else math.inf)
+    return sorted(trials, key=lambda t: _finite_or_inf(t["valid_bpc"]))
 
 
 def plot(results, path):
@@ -219,7 +230,7 @@ def plot(results, path):
     reporting.plot_panels(path, [
         {"title": "test BPC against updates", "xlabel": "updates", "ylabel": "test BPC",
          "series": by_updates, "note": note},
-        {"title": "test BPC against training-step CPU seconds (measured time per update x updates)",
+        {"title": "test BPC against training-step CPU seconds (time per update x updates)",
          "xlabel": "CPU seconds", "ylabel": "test BPC", "series": by_seconds},
     ], title="Pascanu (2014) Table 6.3 in small: character-level language models")
 
@@ -249,8 +260,8 @@ def run():
         f"window {FLAGS.window} (stateful), {FLAGS.optimizer}. Search per model: lr in "
         f"{FLAGS.search_learning_rates} x clipnorm in {FLAGS.search_clipnorms}, "
         f"{FLAGS.search_updates} updates each, best validation BPC. Final: {FLAGS.seconds:g} "
-        f"CPU seconds of training steps per model (<= {FLAGS.max_updates} updates), evaluation every "
-        f"{FLAGS.eval_every} updates, lr halved when validation BPC falls by < "
+        f"CPU seconds of training steps per model (<= {FLAGS.max_updates} updates), "
+        f"evaluation every {FLAGS.eval_every} updates, lr halved when validation BPC falls by < "
         f"{FLAGS.min_improvement}, stop after {FLAGS.max_halvings} halvings"
         f"{'; QUICK smoke run' if FLAGS.quick else ''}.")
     print(setting, flush=True)
@@ -262,7 +273,8 @@ def run():
           flush=True)
     results = {}
     for kind in FLAGS.kinds:
-        evaluator = Evaluator(kind, widths[kind], vocab)
+        evaluator = Evaluator(kind, widths[kind], vocab, FLAGS.activation, FLAGS.eval_streams,
+                              FLAGS.jit_compile)
         trials = search(kind, widths[kind], vocab, evaluator, data, corpus)
         best = trials[0]
         updates = min(FLAGS.max_updates, max(1, int(FLAGS.seconds / timing[kind])))

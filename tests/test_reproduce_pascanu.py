@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 import script_runner
@@ -80,6 +81,21 @@ def test_pathological_rnn_reads_the_last_target_steps_and_round_trips(tmp_path):
     path = str(tmp_path / "net.keras")
     net.save(path)
     np.testing.assert_allclose(keras.models.load_model(path)(x), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_pathological_rnn_traced_with_unknown_length_runs_every_step(jit_compile):
+    """Fed by a tf.data generator the number of steps is unknown when traced; every step must
+    still run (Keras' loop once stopped the time-major DeepTransitionRNN after ``batch``
+    steps, here 4 of 30, leaving the later states zero)."""
+    task = pathological.PathologicalTask("temporal_order", 30)
+    net = rnn_builders.pathological_rnn(task, units=6, seed=0)
+    rnn = net.get_layer("rnn")
+    x, _ = task.sample(4, np.random.default_rng(0))
+    traced = tf.function(rnn, input_signature=[tf.TensorSpec((4, None, 6), tf.float32)],
+                         jit_compile=jit_compile)
+    np.testing.assert_allclose(traced(x), rnn(x), atol=1e-6)
+    assert np.all(np.any(np.asarray(traced(x)) != 0, axis=(0, 2)))
 
 
 def test_bad_builder_arguments():

@@ -58,7 +58,8 @@ def plot_panels(path, panels, title=None, width=6.0, height=4.2):
         path: output file.
         panels: list of dicts with ``series`` (list of ``(label, xs, ys, style)``, ``style``
             a dict of ``matplotlib`` ``plot`` keywords) and optional ``title``, ``xlabel``,
-            ``ylabel``, ``xscale``, ``yscale``, ``ylim`` and ``note`` (text in the corner).
+            ``ylabel``, ``xscale``, ``yscale``, ``ylim``, ``xticks`` (values labelled as
+            plain numbers) and ``note`` (text in the corner).
         title: figure title.
         width, height: inches per panel.
     """
@@ -77,6 +78,9 @@ def plot_panels(path, panels, title=None, width=6.0, height=4.2):
         ax.set_ylabel(panel.get("ylabel", ""))
         ax.set_xscale(panel.get("xscale", "linear"))
         ax.set_yscale(panel.get("yscale", "linear"))
+        if "xticks" in panel:
+            ax.set_xticks(panel["xticks"], [str(t) for t in panel["xticks"]])
+            ax.minorticks_off()
         if "ylim" in panel:
             ax.set_ylim(*panel["ylim"])
         if panel.get("note"):

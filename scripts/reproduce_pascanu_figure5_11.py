@@ -168,15 +168,17 @@ def plot(summary, lengths, methods, path):
                               {"marker": "o", "color": styles[m]}))
     for (m, t, init), updates in THESIS_UPDATES.items():
         if m in methods:
-            update_series.append((f"thesis {METHOD_NAMES[m]}, {init} (mean)", [t], [updates],
+            update_series.append((f"thesis {METHOD_NAMES[m]}, {init}, T={t} (mean)", [t], [updates],
                                   {"marker": "*", "markersize": 11, "linestyle": "none",
                                    "color": styles[m], "alpha": 0.6}))
     reporting.plot_panels(path, [
         {"title": f"Success rate ({FLAGS.seeds} seeds, <= {FLAGS.updates} updates; thesis: 5 "
                   "seeds, <= 5M)", "xlabel": "sequence length T", "ylabel": "success rate",
-         "xscale": "log", "ylim": (-0.05, 1.05), "series": rate_series},
+         "xscale": "log", "ylim": (-0.05, 1.05), "series": rate_series,
+         "xticks": sorted(set(lengths) | set(THESIS_LENGTHS))},
         {"title": "Updates to success", "xlabel": "sequence length T", "ylabel": "updates",
-         "xscale": "log", "yscale": "log", "series": update_series},
+         "xscale": "log", "yscale": "log", "series": update_series,
+         "xticks": sorted(set(lengths) | {20, 200})},
     ], title=f"Pascanu (2014) Figure 5.11, scaled: {FLAGS.task}, {FLAGS.units} units, "
              f"{FLAGS.init} init")
 

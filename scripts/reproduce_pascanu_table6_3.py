@@ -229,10 +229,10 @@ def plot(results, path):
         f"{NAMES[k]} {v}" for k, v in THESIS_BPC.items())
     reporting.plot_panels(path, [
         {"title": "test BPC against updates", "xlabel": "updates", "ylabel": "test BPC",
-         "series": by_updates, "note": note},
+         "series": by_updates},
         {"title": "test BPC against training-step CPU seconds (time per update x updates)",
          "xlabel": "CPU seconds", "ylabel": "test BPC", "series": by_seconds},
-    ], title="Pascanu (2014) Table 6.3 in small: character-level language models")
+    ], title="Pascanu (2014) Table 6.3 in small: character-level language models\n" + note)
 
 
 def run():

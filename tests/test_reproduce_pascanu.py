@@ -137,7 +137,8 @@ def test_reporting_report_files_and_plot(tmp_path):
     reporting.plot_panels(str(png), [
         {"title": "one", "series": [("a", [1, 2], [3, 4], {"marker": "o"})], "note": "n",
          "ylim": (0, 5)},
-        {"series": [("b", [1, 10], [1, 100], {})], "xscale": "log", "yscale": "log"},
+        {"series": [("b", [1, 10], [1, 100], {})], "xscale": "log", "yscale": "log",
+         "xticks": [1, 10]},
     ], title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -50,6 +50,6 @@ def test_pascanu_table6_3(tmp_path):
     assert list(results) == ["rnn", "dts", "dots", "srnn"]
     for r in results.values():
         assert abs(r["params"] - 25000) / 25000 < 0.05
-        assert len(r["search"]) == 3
+        assert len(r["search"]) == 4  # the four searched learning rates
         assert r["test_bpc"] < 3.0  # well below the uniform code length log2(66) = 6.04
     assert (tmp_path / "table6_3.png").exists()

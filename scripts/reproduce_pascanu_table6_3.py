@@ -192,8 +192,8 @@ def train(model, evaluator, data, corpus, updates):
 
 def best_point(curve, limit=None):
     """The evaluation with the lowest validation BPC among those at <= ``limit`` updates
-    (non-finite ones last)."""
-    points = [p for p in curve if limit is None or p["updates"] <= limit]
+    (non-finite ones last; the first evaluation when none is that early)."""
+    points = [p for p in curve if limit is None or p["updates"] <= limit] or curve[:1]
     return min(points, key=lambda p: _finite_or_inf(p["valid_bpc"]))
 
 

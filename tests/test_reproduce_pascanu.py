@@ -170,6 +170,7 @@ def test_table6_3_best_point_is_the_best_validation_within_the_limit():
     assert table.best_point(curve)["test_bpc"] == 2.7
     assert table.best_point(curve, limit=300)["test_bpc"] == 2.6
     assert table.best_point(curve, limit=100)["test_bpc"] == 3.1
+    assert table.best_point(curve, limit=50)["test_bpc"] == 3.1  # none that early: the first
 
 
 @pytest.mark.parametrize("kind", ["dots", "srnn"])

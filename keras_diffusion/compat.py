@@ -16,6 +16,7 @@ against; ``setup.py`` pins the same ranges.
 
 import keras
 import tensorflow as tf
+from keras import tree
 from keras.src import backend as _keras_backend
 from keras.src.backend.common import global_state as _global_state
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
@@ -171,9 +172,27 @@ def has_forward_tangents(tensors):
     return bool(_forwardprop_util.pack_tangents(list(tensors)).tangents)
 
 
-def rnn_loop(*args, **kwargs):
-    """The time loop of ``keras.layers.RNN`` (``keras.src.backend.rnn``)."""
-    return _keras_backend.rnn(*args, **kwargs)
+def rnn_loop(step_function, inputs, initial_states, **kwargs):
+    """The time loop of ``keras.layers.RNN`` (``keras.src.backend.rnn``).
+
+    Keras reads a missing ``input_length`` as ``inputs.shape[1]``, which is the *batch* axis
+    when ``time_major=True``: traced with an unknown number of steps (e.g. fed by a
+    ``tf.data`` generator), the loop would stop after ``batch`` steps and leave the later
+    outputs zero. Such a call runs batch-major instead (inputs, mask and outputs
+    transposed here), where the missing length is read from the time axis.
+    """
+    if not (kwargs.get("time_major") and kwargs.get("input_length") is None):
+        return _keras_backend.rnn(step_function, inputs, initial_states, **kwargs)
+
+    def swap(tensor):
+        return tf.transpose(tensor, [1, 0, *range(2, len(tensor.shape))])
+
+    mask = kwargs.get("mask")
+    kwargs.update(time_major=False, mask=None if mask is None else swap(mask))
+    last, outputs, states = _keras_backend.rnn(
+        step_function, tree.map_structure(swap, inputs), initial_states, **kwargs
+    )
+    return last, tree.map_structure(swap, outputs), states
 
 
 def scalar_summary_metadata():

@@ -28,6 +28,7 @@ Example:
 
 import keras
 
+from keras_diffusion import validation
 from keras_diffusion.initializers import SparseRecurrent
 from keras_diffusion.layers import DeepOutput, DeepTransitionRNN, DeepTransitionRNNCell
 
@@ -66,8 +67,8 @@ def pathological_rnn(task, units=50, init="basic_tanh", seed=0):
     The recurrent layer is ``model.get_layer("rnn")`` (a ``DeepTransitionRNN`` over a
     conventional ``DeepTransitionRNNCell``), returning all hidden states.
     """
-    if init not in PATHOLOGICAL_INITS:
-        raise ValueError(f"init must be one of {PATHOLOGICAL_INITS}, got {init!r}.")
+    validation.one_of("init", init, PATHOLOGICAL_INITS)
+    validation.positive_int("units", units)
     io_std = {"sigmoid": 0.01, "basic_tanh": 0.1, "smart_tanh": 0.01}[init]
     if init == "smart_tanh":
         recurrent = SparseRecurrent(nonzeros=min(15, units), spectral_radius=0.95, seed=seed)
@@ -102,7 +103,7 @@ def char_lm_param_count(kind, vocab_size, units, output_units=None):
         return dts_layer + n * m + m + m * v + v
     if kind == "srnn":
         return rnn_layer + (n * n + n * n + n) + n * v + v
-    raise ValueError(f"kind must be one of {CHAR_LM_KINDS}, got {kind!r}.")
+    validation.one_of("kind", kind, CHAR_LM_KINDS)
 
 
 def char_lm_units(kind, budget, vocab_size):
@@ -110,8 +111,9 @@ def char_lm_units(kind, budget, vocab_size):
 
     Returns ``{"units": n}`` (``"output_units"`` too for ``"dots"``, ``round(1.5 n)``).
     """
-    if kind not in CHAR_LM_KINDS:
-        raise ValueError(f"kind must be one of {CHAR_LM_KINDS}, got {kind!r}.")
+    validation.one_of("kind", kind, CHAR_LM_KINDS)
+    validation.positive_int("budget", budget)
+    validation.positive_int("vocab_size", vocab_size)
     if budget < char_lm_param_count(kind, vocab_size, 1, 2):
         raise ValueError(f"budget={budget!r} is below the smallest {kind} model; raise it.")
 
@@ -144,8 +146,9 @@ def char_lm(kind, vocab_size, units, output_units=None, batch_size=None, activat
     Returns:
         Keras model ``(batch, T, vocab_size)`` one-hot -> ``(batch, T, vocab_size)`` logits.
     """
-    if kind not in CHAR_LM_KINDS:
-        raise ValueError(f"kind must be one of {CHAR_LM_KINDS}, got {kind!r}.")
+    validation.one_of("kind", kind, CHAR_LM_KINDS)
+    validation.positive_int("vocab_size", vocab_size)
+    validation.positive_int("units", units)
     if kind == "dots" and not output_units:
         raise ValueError(
             f"kind='dots' needs output_units (the rectifier layer width), got "

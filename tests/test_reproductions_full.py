@@ -35,21 +35,22 @@ def test_mobahi_figure6(tmp_path):
 
 
 def test_pascanu_figure5_11(tmp_path):
-    out = tmp_path / "fig.json"
-    stdout = _run("reproduce_pascanu_figure5_11.py", "--lengths=20,50,100", "--seeds=2",
-                  "--updates=3000", "--eval_every=500", f"--output={out}")
+    stdout = _run("reproduce_pascanu_figure5_11.py", "--flagfile=scripts/configs/figure5_11.cfg",
+                  f"--output_dir={tmp_path}")
     assert "| T | MSGD | MSGD-C | MSGD-CR |" in stdout
-    runs = json.loads(out.read_text())
-    assert len(runs) == 3 * 3 * 2
-    short = [r for r in runs if r["length"] == 20]
-    assert all(r["success"] for r in short)  # every method solves the shortest length
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert len(report["runs"]) == 3 * 3 * 3
+    assert all(r["success"] for r in report["runs"] if r["length"] == 20)  # the shortest: solved
+    assert (tmp_path / "figure5_11.png").exists()
 
 
 def test_pascanu_table6_3(tmp_path):
-    out = tmp_path / "table.json"
-    _run("reproduce_pascanu_table6_3.py", "--budget=25000", "--epochs=20", f"--output={out}")
-    results = json.loads(out.read_text())
-    assert [r["kind"] for r in results] == ["rnn", "dts", "dots", "srnn"]
-    for r in results:
+    _run("reproduce_pascanu_table6_3.py", "--flagfile=scripts/configs/table6_3.cfg",
+         f"--output_dir={tmp_path}")
+    results = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert list(results) == ["rnn", "dts", "dots", "srnn"]
+    for r in results.values():
         assert abs(r["params"] - 25000) / 25000 < 0.05
+        assert len(r["search"]) == 4  # the four searched learning rates
         assert r["test_bpc"] < 3.0  # well below the uniform code length log2(66) = 6.04
+    assert (tmp_path / "table6_3.png").exists()

@@ -34,7 +34,6 @@ Usage:
   python scripts/reproduce_hf_adding.py --flagfile=scripts/configs/hf_adding.cfg
 """
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -301,13 +300,9 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     results = reproduce(settings)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    reporting.write_json(results, os.path.join(FLAGS.output_dir, "results.json"))
     rows = table_rows(results)
     reporting.print_table(HEADER, rows)
-    with open(os.path.join(FLAGS.output_dir, "table.md"), "w") as f:
-        with contextlib.redirect_stdout(f):
-            reporting.print_table(HEADER, rows)
+    reporting.write_report(FLAGS.output_dir, results, HEADER, rows)
     plot(results, os.path.join(FLAGS.output_dir, "plot.png"))
     print(f"Done in {results['seconds']:.0f} s; wrote {FLAGS.output_dir}.")
 

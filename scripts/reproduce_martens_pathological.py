@@ -37,7 +37,6 @@ Usage:
       --flagfile=scripts/configs/martens_pathological.cfg
 """
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -403,13 +402,9 @@ def main(argv):
     start = time.time()
     results = reproduce(settings)
     results["seconds"] = time.time() - start
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    reporting.write_json(results, os.path.join(FLAGS.output_dir, "results.json"))
     rows = table_rows(results)
     reporting.print_table(HEADER, rows)
-    with open(os.path.join(FLAGS.output_dir, "table.md"), "w") as f:
-        with contextlib.redirect_stdout(f):
-            reporting.print_table(HEADER, rows)
+    reporting.write_report(FLAGS.output_dir, results, HEADER, rows)
     plot(results, os.path.join(FLAGS.output_dir, "plot.png"))
     print(f"Done in {results['seconds']:.0f} s; wrote {FLAGS.output_dir}.")
 

@@ -192,6 +192,7 @@ def test_unknown_or_concave_loss_warns_and_logit_losses_pass():
         warnings.simplefilter("error")
         _fit(keras.losses.BinaryCrossentropy(from_logits=True))
         _fit("mse")
+        _fit(kd.losses.SequenceSquaredError())
 
 
 @pytest.mark.parametrize(

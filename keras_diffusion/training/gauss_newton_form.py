@@ -33,6 +33,8 @@ _PIECEWISE_LINEAR = (
     "categorical_hinge",
 )
 _NOT_CONVEX = ("cosine_similarity",)
+# Squared errors: H_L is constant and positive semi-definite (G is exact with the autodiff H_L).
+_SQUARED_ERRORS = ("mean_squared_error", "SequenceSquaredError")
 _LOGIT_CROSS_ENTROPIES = (
     "binary_crossentropy",
     "categorical_crossentropy",
@@ -106,7 +108,7 @@ def check(model, optimizer_name):
                 f"(from_logits=False): its Gauss-Newton matrix is not the Fisher matrix and "
                 f"is ill-conditioned near 0 and 1. {_FIX}."
             )
-        if name != "mean_squared_error" and name not in _LOGIT_CROSS_ENTROPIES:
+        if name not in _SQUARED_ERRORS and name not in _LOGIT_CROSS_ENTROPIES:
             warnings.warn(
                 f"{optimizer_name}: the loss {name!r} has no known Gauss-Newton form; its "
                 "Gauss-Newton matrix uses the autodiff Hessian of the loss in the outputs, "

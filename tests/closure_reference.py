@@ -85,3 +85,16 @@ def terms(W, b, x, y, w, l2):
     ggn = jac.T @ h_l @ jac + reg_hess
     hessian = ggn + np.einsum("m,mpq->pq", 2.0 * coef * resid, hess_out.reshape(n * k, p, p))
     return loss, grad, jac, h_l, ggn, hessian
+
+
+class CountingIdentity(keras.layers.Layer):
+    """Identity layer counting its calls: run eagerly, one count per forward pass; traced,
+    one count per pass in the graph."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def call(self, x):
+        self.calls += 1
+        return x

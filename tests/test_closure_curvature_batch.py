@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from closure_reference import L2, data, flat, random_point, terms, tiny_model
+from closure_reference import CountingIdentity, L2, data, flat, random_point, terms, tiny_model
 
 import keras_diffusion as kd
 from keras_diffusion.optimizers import AnnealedStep, ClosureOptimizer, GaussNewton
@@ -92,17 +92,6 @@ def test_gauss_newton_trains_on_a_sub_batch_with_the_dense_step():
 # --- One forward pass per step ---------------------------------------------------------
 
 
-class _Counting(keras.layers.Layer):
-    """Identity counting its calls (run eagerly: one count per forward pass)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.calls = 0
-
-    def call(self, x):
-        self.calls += 1
-        return x
-
 
 class _GradientDescent(ClosureOptimizer):
     def step(self, closure):
@@ -115,7 +104,7 @@ class _GradientDescent(ClosureOptimizer):
 
 def test_one_forward_pass_per_step_gives_the_gradient_step():
     x, y, w = data()
-    counter = _Counting()
+    counter = CountingIdentity()
     keras.utils.set_random_seed(1)
     model = kd.Sequential([keras.Input((3,)), counter, keras.layers.Dense(
         2, activation="tanh", kernel_regularizer=keras.regularizers.L2(L2))])
@@ -142,7 +131,7 @@ def _second_step(W, b, x, y, w, lr):
 
 def test_mixed_precision_keeps_a_separate_float32_evaluation():
     x, y, _ = data()
-    counter = _Counting()
+    counter = CountingIdentity()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = kd.Sequential([keras.Input((3,)), counter, keras.layers.Dense(2)])

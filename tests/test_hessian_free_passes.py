@@ -13,28 +13,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from closure_reference import data
+from closure_reference import CountingIdentity, data
 
 import keras_diffusion as kd
 from keras_diffusion.optimizers import HessianFree
 
 
-class _Counting(keras.layers.Layer):
-    """Identity counting its calls."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.calls = 0
-
-    def call(self, x):
-        self.calls += 1
-        return x
-
 
 def _model(strategy=None):
     with (strategy or tf.distribute.get_strategy()).scope():
         keras.utils.set_random_seed(2)
-        counter = _Counting()
+        counter = CountingIdentity()
         model = kd.Sequential([keras.Input((3,)), counter,
                                keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(2)])
     return model, counter

@@ -10,8 +10,9 @@ Distribution. Under ``tf.distribute`` the decision is taken once, in ONE cross-r
 on every replica, and then every replica's copy of every variable is written; otherwise no
 copy is. A merge sees only its own worker's replicas: with several workers
 (``MultiWorkerMirroredStrategy``) the count of non-finite replicas is all-reduced across
-workers (one scalar), so a NaN on one worker rejects the step on all of them. The values themselves are expected to be replicated (computed from all-reduced
-gradients/products, as ``Closure`` and ``AnnealedStep`` do), so the copies stay identical.
+workers (one scalar), so a NaN on one worker rejects the step on all of them. The values
+themselves are expected to be replicated (computed from all-reduced gradients/products, as
+``Closure`` and ``AnnealedStep`` do), so the copies stay identical.
 The update is a select (``tf.where``), not a ``tf.cond``: it works under ``jit_compile``.
 """
 
